@@ -1,0 +1,302 @@
+"""The default scorer: shapes, masking, once-per-request member tower, cold start, input validation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from deepbandit.models import encoders
+from deepbandit.models.encoders import (
+    PAD_LOGIT,
+    ImageEmbeddingLookup,
+    ModelConfig,
+    StackedEmbedding,
+    StackedLinear,
+    random_inputs,
+    validate_inputs,
+)
+from deepbandit.models.scorer import ArtworkScorer
+
+CFG = ModelConfig(
+    n_titles=20,
+    n_countries=3,
+    n_languages=4,
+    n_devices=2,
+    n_images=30,
+    n_genres=5,
+    embedding_dim=8,
+    member_features_dim=3,
+    id_dim=8,
+    tower_dim=16,
+    hidden_dim=16,
+    head_dim=16,
+    image_id_hash_buckets=11,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors gain nothing from intra-op threads, which spin-wait for minutes on a busy 2-core box.
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+def _genres(cfg: ModelConfig, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    genres = (torch.rand(cfg.n_titles + 2, cfg.n_genres, generator=g) < 0.4).float()
+    genres[:2] = 0  # padding and unknown titles have no genre
+    return genres
+
+
+def _model(cfg: ModelConfig = CFG, seed: int = 0) -> ArtworkScorer:
+    torch.manual_seed(seed)
+    return ArtworkScorer(cfg, _genres(cfg)).eval()
+
+
+def _inputs(
+    cfg: ModelConfig = CFG, b: int = 7, a: int = 5, h: int = 6, seed: int = 1
+) -> dict[str, torch.Tensor]:
+    return random_inputs(cfg, b, a, h, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_logits_have_one_column_per_candidate_and_padding_holds_pad_logit(pooling):
+    cfg = replace(CFG, pooling=pooling)
+    model, x = _model(cfg), _inputs(cfg)
+    logits = model(**x)
+    assert logits.shape == (7, 5)
+    assert torch.all(logits[~x["candidate_mask"]] == PAD_LOGIT)
+    assert torch.isfinite(logits).all() and (logits[x["candidate_mask"]] > PAD_LOGIT / 2).all()
+    assert model.member_logits(**x).shape == (7, 1, 5)
+    assert torch.equal(model.member_logits(**x)[:, 0], logits)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_padding_never_affects_valid_logits(pooling):
+    cfg = replace(CFG, pooling=pooling)
+    model, x = _model(cfg), _inputs(cfg)
+    ref = model(**x)
+    g = torch.Generator().manual_seed(5)
+    y = dict(x)
+    cmask, hmask = x["candidate_mask"], x["history_mask"]
+    # garbage in every padded slot, and three more padded candidate columns and history slots
+    y["candidate_embeddings"] = torch.where(
+        cmask.unsqueeze(-1),
+        x["candidate_embeddings"],
+        100 * torch.randn(x["candidate_embeddings"].shape, generator=g),
+    )
+    y["candidate_image_idx"] = torch.where(
+        cmask, x["candidate_image_idx"], torch.randint(2, 32, cmask.shape, generator=g)
+    )
+    y["history_title_idx"] = torch.where(
+        hmask, x["history_title_idx"], torch.randint(0, 22, hmask.shape, generator=g)
+    )
+    pad3 = torch.zeros(7, 3, dtype=torch.bool)
+    y["candidate_mask"] = torch.cat([cmask, pad3], 1)
+    y["candidate_embeddings"] = torch.cat([y["candidate_embeddings"], torch.randn(7, 3, 8, generator=g)], 1)
+    y["candidate_image_idx"] = torch.cat([y["candidate_image_idx"], torch.full((7, 3), 9)], 1)
+    y["history_mask"] = torch.cat([hmask, pad3], 1)
+    y["history_title_idx"] = torch.cat([y["history_title_idx"], torch.full((7, 3), 4)], 1)
+    out = model(**y)
+    torch.testing.assert_close(out[:, :5][cmask], ref[cmask], rtol=0, atol=1e-5)
+    assert torch.all(out[~y["candidate_mask"]] == PAD_LOGIT)
+
+
+def test_padded_candidates_never_win_softmax_or_argmax():
+    model, x = _model(), _inputs()
+    with torch.no_grad():  # push valid logits far down: padding must still lose
+        model.head.out.bias.fill_(-500.0)
+    logits = model(**x)
+    probs = torch.softmax(logits, -1)
+    assert torch.all(probs[~x["candidate_mask"]] == 0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(7))
+    assert x["candidate_mask"].gather(1, logits.argmax(-1, keepdim=True)).all()
+
+
+def test_empty_history_gives_finite_logits_for_both_poolings():
+    for pooling in ("mean", "attention"):
+        cfg = replace(CFG, pooling=pooling)
+        x = _inputs(cfg)
+        x["history_mask"] = torch.zeros_like(x["history_mask"])
+        x["history_title_idx"] = torch.zeros_like(x["history_title_idx"])
+        assert torch.isfinite(_model(cfg)(**x)).all()
+
+
+def test_member_tower_runs_once_per_request_and_image_tower_once_per_candidate():
+    model, x = _model(), _inputs()
+    seen: dict[str, list[tuple[int, ...]]] = {"member": [], "image": []}
+    model.member_tower.register_forward_hook(lambda m, i, o: seen["member"].append(tuple(o.shape)))
+    model.image_tower.register_forward_hook(lambda m, i, o: seen["image"].append(tuple(o.shape)))
+    model.member_tower.mlp.inner.register_forward_hook(
+        lambda m, i, o: seen.setdefault("rows", []).append(i[0].shape)
+    )
+    model(**x)
+    assert seen["member"] == [(1, 7, CFG.tower_dim)]  # (members, B, d), never (B * A, d)
+    assert seen["image"] == [(1, 7, 5, CFG.tower_dim)]
+    assert seen["rows"][0][:2] == (1, 7)
+
+
+def test_cold_start_new_image_scored_from_its_embedding_alone():
+    model, x = _model(), _inputs()
+    with torch.no_grad():  # an image-id table that has learned something
+        model.image_tower.ids.weight.normal_()
+    g = torch.Generator().manual_seed(3)
+    new = dict(x)
+    new["candidate_image_idx"] = torch.where(x["candidate_mask"], 1, 0)  # unknown to the catalogue
+    new["candidate_embeddings"] = torch.randn(x["candidate_embeddings"].shape, generator=g)
+    no_ids = {k: v for k, v in new.items() if k != "candidate_image_idx"}
+    cold = model(**new)
+    assert torch.isfinite(cold).all()
+    torch.testing.assert_close(cold, model(**no_ids), rtol=0, atol=0)  # unknown images read no id embedding
+    other = dict(no_ids, candidate_embeddings=torch.randn(x["candidate_embeddings"].shape, generator=g))
+    assert not torch.allclose(
+        model(**other)[x["candidate_mask"]], cold[x["candidate_mask"]]
+    )  # content matters
+    # known images do read their id embedding
+    known = model(**x)
+    assert not torch.allclose(
+        known[x["candidate_mask"]], model(**{**x, "candidate_image_idx": None})[x["candidate_mask"]]
+    )
+
+
+def test_image_id_embedding_starts_at_zero_so_warm_and_cold_start_agree_at_init():
+    model, x = _model(), _inputs()
+    torch.testing.assert_close(model(**x), model(**{**x, "candidate_image_idx": None}), rtol=0, atol=0)
+
+
+def test_title_and_context_reach_the_logits():
+    model, x = _model(), _inputs()
+    ref = model(**x)[x["candidate_mask"]]
+    for name, value in [("title_idx", (x["title_idx"] - 2 + 1) % 20 + 2), ("hour", (x["hour"] + 12) % 24)]:
+        changed = model(**{**x, name: value})[x["candidate_mask"]]
+        assert not torch.allclose(changed, ref), name
+
+
+def test_hour_is_cyclical():
+    model, x = _model(), _inputs()
+    at = {h: model(**{**x, "hour": torch.full_like(x["hour"], h)}) for h in (0, 12, 23)}
+    # 23h is closer to 0h than 12h is
+    assert (at[23] - at[0]).abs().sum() < (at[12] - at[0]).abs().sum()
+
+
+def test_image_lookup_reads_the_catalogue_table():
+    table = torch.randn(32, 8)
+    lookup = ImageEmbeddingLookup(table)
+    idx = torch.tensor([[2, 5, 0], [31, 1, 0]])
+    torch.testing.assert_close(lookup(idx), table[idx])
+    assert not lookup.image_embeddings.requires_grad and "image_embeddings" in dict(lookup.named_buffers())
+    with pytest.raises(ValueError, match="float"):
+        ImageEmbeddingLookup(torch.zeros(4, 3, dtype=torch.long))
+
+
+def test_stacked_layers_equal_their_per_member_counterparts():
+    torch.manual_seed(0)
+    lin, emb = StackedLinear(3, 4, 5), StackedEmbedding(3, 9, 4)
+    x_shared, x_member = torch.randn(1, 6, 4), torch.randn(3, 6, 4)
+    for k in range(3):
+        ref = torch.nn.functional.linear(x_shared[0], lin.weight[k].T, lin.bias[k])
+        torch.testing.assert_close(lin(x_shared)[k], ref)
+        torch.testing.assert_close(
+            lin(x_member)[k], torch.nn.functional.linear(x_member[k], lin.weight[k].T, lin.bias[k])
+        )
+    idx, w = torch.randint(0, 9, (6, 4)), torch.rand(6, 4)
+    for k in range(3):
+        torch.testing.assert_close(emb(idx)[k], emb.weight[k][idx])
+        torch.testing.assert_close(emb.bag(idx, w)[k], (w.unsqueeze(-1) * emb.weight[k][idx]).sum(1))
+    with pytest.raises(ValueError, match="neither 1 nor n_members=3"):
+        lin(torch.randn(2, 6, 4))
+
+
+def test_export_path_of_the_embedding_bag_matches_the_fused_kernel(monkeypatch):
+    idx, table, w = torch.randint(0, 9, (6, 4)), torch.randn(9, 3), torch.rand(6, 4)
+    fused = encoders.embedding_bag(idx, table, w)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    torch.testing.assert_close(encoders.embedding_bag(idx, table, w), fused)
+
+
+def test_bf16_autocast_forward_is_finite_and_close():
+    model, x = _model(), _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(**x)
+    ref = model(**x)
+    mask = x["candidate_mask"]
+    assert torch.isfinite(low).all() and torch.all(low[~mask] <= PAD_LOGIT * 0.99)
+    torch.testing.assert_close(low[mask].float(), ref[mask], rtol=0.05, atol=0.05)
+
+
+def test_member_features_required_when_configured():
+    x = _inputs()
+    del x["member_features"]
+    with pytest.raises(ValueError, match="member_features"):
+        _model()(**x)
+
+
+def test_random_inputs_are_valid():
+    validate_inputs(CFG, _inputs(b=50))
+
+
+def _set(name, value):
+    def edit(x):
+        x[name] = value(x[name]) if callable(value) else value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _set("country_idx", lambda t: t.clone().index_fill_(0, torch.tensor([3]), 5)),
+            r"country_idx at row 3 .* is 5, outside \[0, 4\]",
+        ),
+        (_set("hour", lambda t: t.clone().index_fill_(0, torch.tensor([2]), 24)), r"hour at row 2 .* is 24"),
+        (_set("weekday", lambda t: t.float()), "weekday must be an integer"),
+        (
+            _set("candidate_image_idx", lambda t: t.clone().index_fill_(0, torch.tensor([1]), 32)),
+            "candidate_image_idx at row 1",
+        ),
+        (
+            _set("recommender_score", lambda t: t.clone().index_fill_(0, torch.tensor([4]), float("nan"))),
+            "recommender_score is not finite at row 4",
+        ),
+        (_set("history_mask", lambda t: t.long()), "history_mask must be bool"),
+        (
+            _set("candidate_embeddings", lambda t: t[..., :7]),
+            r"candidate_embeddings has shape \(7, 5, 7\), expected \(7, 5, 8\)",
+        ),
+        (
+            _set("candidate_mask", lambda t: t.clone().index_fill_(0, torch.tensor([6]), False)),
+            "candidate_mask row 6 has no valid candidate",
+        ),
+        (_set("title_idx", None), "missing scorer inputs: .'title_idx'"),
+        (_set("member_feature", torch.zeros(7, 3)), "unknown scorer inputs"),
+    ],
+)
+def test_validate_inputs_names_input_row_and_value(edit, message):
+    x = _inputs()
+    edit(x)
+    with pytest.raises(ValueError, match=message):
+        validate_inputs(CFG, x)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("pooling", "max", "pooling must be one of"),
+        ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+        ("tower_dim", 0, "tower_dim must be >= 1"),
+        ("n_titles", -1, "n_titles must be >= 0"),
+    ],
+)
+def test_model_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        replace(CFG, **{field: value})
+
+
+def test_title_genres_shape_is_checked():
+    with pytest.raises(ValueError, match=r"title_genres has shape \(21, 5\), expected"):
+        ArtworkScorer(CFG, torch.zeros(21, 5))
