@@ -1,0 +1,265 @@
+"""Throughput of the off-policy estimators: value alone, and value + bootstrap interval, on 10M logged rows.
+
+Two paths in the same run, on the same arrays:
+  numpy  a reference written the way the formulas read (one vectorised expression per estimator), with the
+         same chunked Poisson bootstrap (16-bit lookup table, per-chunk draws) written in numpy;
+  torch  deepbandit.evaluation.estimators (input checks included), on CPU, and on the GPU when there is one
+         (numpy arrays streamed chunk by chunk, and tensors already on the GPU, float64 and float32).
+
+Writes benchmarks/evaluation.json with the machine's description. Usage:
+    python scripts/bench_evaluation.py [--rows 10000000] [--candidates 25] [--n-bootstrap 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepbandit.evaluation.estimators import DM, DR, IPS, SNDR, SNIPS, OffPolicyEstimator, Replay, SwitchDR
+from deepbandit.evaluation.intervals import poisson_table
+
+ESTIMATORS: list[OffPolicyEstimator] = [
+    IPS(),
+    SNIPS(),
+    DM(),
+    DR(),
+    SNDR(),
+    SwitchDR(tau=10.0),
+    Replay(),
+]
+
+
+def make_logs(n: int, a: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Uniform logging over ``a`` candidates, a softmax target (one-hot for Replay), a noisy reward model."""
+    rng = np.random.default_rng(seed)
+    q = rng.random((n, a))  # true expected reward; in-place steps keep the peak at four (n, a) arrays
+    target = rng.normal(0.0, 0.3, (n, a))
+    target += q
+    target *= 3.0
+    np.exp(target, out=target)
+    target /= target.sum(axis=1, keepdims=True)
+    greedy = np.zeros((n, a))
+    greedy[np.arange(n), target.argmax(axis=1)] = 1.0
+    model = rng.normal(0.0, 0.05, (n, a))
+    model += q
+    np.clip(model, 0.0, 1.0, out=model)
+    action = rng.integers(0, a, n)
+    reward = (rng.random(n) < q[np.arange(n), action]).astype(np.float64)
+    return dict(
+        reward=reward,
+        action=action,
+        pscore=np.full(n, 1.0 / a),
+        action_dist=target,
+        greedy_dist=greedy,
+        estimated_rewards=model,
+    )
+
+
+def numpy_terms(name: str, logs: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
+    """Textbook value and per-row terms (n, 3) of V = mean(c) + sum(a) / sum(b), in numpy."""
+    r, act, p = logs["reward"], logs["action"], logs["pscore"]
+    pi = logs["greedy_dist"] if name == "replay" else logs["action_dist"]
+    rows = np.arange(len(r))
+    w = pi[rows, act] / p
+    zero, one = np.zeros_like(r), np.ones_like(r)
+    if name == "ips":
+        c = w * r
+        return float(np.mean(c)), np.stack([c, zero, one], axis=1)
+    if name in ("snips", "replay"):
+        return float(np.sum(w * r) / np.sum(w)), np.stack([zero, w * r, w], axis=1)
+    q = logs["estimated_rewards"]
+    q_pi, q_a = np.einsum("ij,ij->i", pi, q), q[rows, act]
+    if name == "dm":
+        return float(np.mean(q_pi)), np.stack([q_pi, zero, one], axis=1)
+    if name == "sndr":
+        a = w * (r - q_a)
+        return float(np.mean(q_pi) + np.sum(a) / np.sum(w)), np.stack([q_pi, a, w], axis=1)
+    kept = w if name == "dr" else np.where(w <= 10.0, w, 0.0)  # switch_dr(tau=10)
+    c = q_pi + kept * (r - q_a)
+    return float(np.mean(c)), np.stack([c, zero, one], axis=1)
+
+
+def numpy_bootstrap(
+    terms: np.ndarray, n_bootstrap: int, seed: int, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile interval from a chunked Poisson bootstrap over the per-row terms (n, 3)."""
+    rng = np.random.default_rng(seed)
+    table = poisson_table(torch.device("cpu"), torch.float64).numpy()
+    x1 = np.concatenate([np.ones((len(terms), 1)), terms], axis=1)
+    totals = np.zeros((n_bootstrap, 4))
+    step = max(1, 2**16 // n_bootstrap)
+    for start in range(0, len(terms), step):
+        block = x1[start : start + step]
+        counts = table[rng.integers(0, 2**16, (n_bootstrap, len(block)), dtype=np.uint16)]
+        totals += counts @ block
+    values = totals[:, 1] / totals[:, 0] + totals[:, 2] / totals[:, 3]
+    lower, upper = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lower), float(upper)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_torch(
+    logs: dict[str, np.ndarray], n_bootstrap: int, label: str, **options: object
+) -> dict[str, dict[str, float]]:
+    """Value and value + bootstrap timings of every estimator through deepbandit (``options``: device,
+    dtype, and ``preload`` to move the arrays to the device before timing)."""
+    preload = options.pop("preload", False)
+    out = {}
+    for est in tqdm(ESTIMATORS, desc=label, leave=False):
+        arrays = logs_for(logs, est, preload, options)
+        # Warm up (CUDA context, kernels, allocator) on a slice so the timings measure steady state.
+        est.estimate_interval(
+            **{k: v[:10_000] for k, v in arrays.items()}, n_bootstrap=n_bootstrap, **options
+        )
+        value, t_value = timed(lambda est=est, arrays=arrays: est.estimate_policy_value(**arrays, **options))
+        interval, t_boot = timed(
+            lambda est=est, arrays=arrays: est.estimate_interval(**arrays, n_bootstrap=n_bootstrap, **options)
+        )
+        n = len(logs["reward"])
+        out[est.name] = dict(
+            value=value,
+            lower=interval["lower"],
+            upper=interval["upper"],
+            value_seconds=t_value,
+            value_rows_per_s=n / t_value,
+            value_bootstrap_seconds=t_boot,
+            value_bootstrap_rows_per_s=n / t_boot,
+        )
+    return out
+
+
+def logs_for(
+    logs: dict[str, np.ndarray], est: OffPolicyEstimator, preload: bool, options: dict
+) -> dict[str, object]:
+    """The estimator's arrays: numpy, or (``preload``) tensors already on ``options['device']``."""
+    arrays = {k: logs[k] for k in ("reward", "action", "pscore")}
+    arrays["action_dist"] = logs["greedy_dist"] if isinstance(est, Replay) else logs["action_dist"]
+    if est.needs_reward_model:
+        arrays["estimated_rewards"] = logs["estimated_rewards"]
+    if preload:
+        dtype = options.get("dtype", torch.float64)
+        arrays = {
+            k: torch.from_numpy(v).to(options["device"], dtype=dtype if v.dtype.kind == "f" else None)
+            for k, v in arrays.items()
+        }
+    return arrays
+
+
+def bench_numpy(logs: dict[str, np.ndarray], n_bootstrap: int) -> dict[str, dict[str, float]]:
+    out = {}
+    n = len(logs["reward"])
+    for est in tqdm(ESTIMATORS, desc="numpy", leave=False):
+        (value, _), t_value = timed(lambda est=est: numpy_terms(est.name, logs))
+
+        def with_interval(est: OffPolicyEstimator = est) -> tuple[float, tuple[float, float]]:
+            v, terms = numpy_terms(est.name, logs)
+            return v, numpy_bootstrap(terms, n_bootstrap, seed=0)
+
+        (_, (lower, upper)), t_boot = timed(with_interval)
+        out[est.name] = dict(
+            value=value,
+            lower=lower,
+            upper=upper,
+            value_seconds=t_value,
+            value_rows_per_s=n / t_value,
+            value_bootstrap_seconds=t_boot,
+            value_bootstrap_rows_per_s=n / t_boot,
+        )
+    return out
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpu_model=cpu,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        load_average=os.getloadavg(),  # other work on the machine skews every figure
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--candidates", type=int, default=25)
+    parser.add_argument("--n-bootstrap", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/evaluation.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    (logs, t_gen) = timed(lambda: make_logs(args.rows, args.candidates))
+    print(f"generated {args.rows:,} rows x {args.candidates} candidates in {t_gen:.1f} s")
+    results: dict[str, object] = {"numpy": bench_numpy(logs, args.n_bootstrap)}
+    results["torch_cpu_float64"] = bench_torch(logs, args.n_bootstrap, "torch cpu", device="cpu")
+    if torch.cuda.is_available():
+        results["torch_cuda_float64_streamed"] = bench_torch(
+            logs, args.n_bootstrap, "cuda streamed", device="cuda"
+        )
+        results["torch_cuda_float64_resident"] = bench_torch(
+            logs, args.n_bootstrap, "cuda resident", device="cuda", preload=True
+        )
+        results["torch_cuda_float32_resident"] = bench_torch(
+            logs, args.n_bootstrap, "cuda float32", device="cuda", dtype=torch.float32, preload=True
+        )
+    # The same arrays through both paths: the values must agree (float64) to rounding.
+    agreement = {
+        name: abs(results["torch_cpu_float64"][name]["value"] - r["value"]) / max(abs(r["value"]), 1e-300)
+        for name, r in results["numpy"].items()
+    }
+    report = dict(
+        machine=machine(),
+        rows=args.rows,
+        candidates=args.candidates,
+        n_bootstrap=args.n_bootstrap,
+        generate_seconds=t_gen,
+        relative_difference_torch_vs_numpy=agreement,
+        results=results,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, args.out)
+
+    print(f"{'estimator':<16}" + "".join(f"{k:>30}" for k in results))
+    print(f"{'':<16}" + "".join(f"{'value / +bootstrap (Mrows/s)':>30}" for _ in results))
+    for name in results["numpy"]:
+        cells = [
+            f"{r[name]['value_rows_per_s'] / 1e6:.2f} / {r[name]['value_bootstrap_rows_per_s'] / 1e6:.2f}"
+            for r in results.values()
+        ]
+        print(f"{name:<16}" + "".join(f"{c:>30}" for c in cells))
+    print(f"max relative difference torch vs numpy: {max(agreement.values()):.2e}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
