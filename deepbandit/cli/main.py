@@ -15,6 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("deepbandit.cli.simulate", "simulate the artwork world and write logs as Parquet"),
     "validate": ("deepbandit.cli.validate", "validate a dataset against the log contract"),
     "import-obd": ("deepbandit.cli.import_obd", "convert the Open Bandit Dataset into the log contract"),
+    "train": ("deepbandit.cli.train", "train a deep contextual bandit on logged impressions"),
+    "sweep-report": ("deepbandit.cli.sweep_report", "rank the runs of a hyperparameter sweep"),
+    "evaluate": ("deepbandit.cli.evaluate", "off-policy evaluation report of policies on logged data"),
+    "export": ("deepbandit.cli.export", "export a trained model to ONNX with manifest and Triton repository"),
 }
 
 

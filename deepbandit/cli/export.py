@@ -1,0 +1,109 @@
+"""`deepbandit export`: a trained model bundle -> ONNX, manifest, image table, fp16 variant, Triton repository.
+
+    deepbandit export bundle=runs/x/model.pt out_dir=export/
+    deepbandit export bundle=runs/x/model.pt out_dir=export/ fp16=true triton=true \
+        policy.name=thompson policy.kind=ensemble policy.min_propensity=0.01
+
+Runs the onnxruntime-vs-torch parity check before writing the manifest (a failing check writes none) and
+prints it. docs_serving.md describes the files and how serving reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+
+
+@dataclass
+class PolicyConfig:
+    """The serving policy: ``make_policy(name, **fields that are not None)`` (deepbandit.policies)."""
+
+    # greedy | epsilon_greedy | softmax | thompson (ensembles only); None: the training run's policy
+    # (bundle meta), else greedy
+    name: str | None = None
+    epsilon: float | None = None  # epsilon_greedy, thompson
+    temperature: float | None = None  # softmax
+    kind: str | None = None  # thompson: ensemble
+    min_propensity: float | None = None
+    sticky_window_seconds: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class ExportConfig:
+    bundle: str = MISSING  # path to model.pt written by training
+    out_dir: str = MISSING  # export folder
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    fp16: bool = False  # also write model_fp16.onnx (fp16 inside, fp32 at the boundary)
+    triton: bool = True  # also write <out_dir>/triton/<model_name>/
+    model_name: str = "artwork_scorer"
+    max_batch_size: int = 16384  # Triton max_batch_size
+    max_history: int | None = None  # None: bundle meta's max_history, else the contract's MAX_HISTORY
+    parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 7, 512])
+    parity_candidates: list[int] = field(default_factory=lambda: [1, 25, 64])
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+def run(cfg: DictConfig | ExportConfig) -> dict:
+    """Export ``cfg.bundle`` into ``cfg.out_dir``; returns {out_dir, files {name: path}, parity [...]}."""
+    from deepbandit.export.onnx_export import export_bundle
+    from deepbandit.models.bundle import ModelBundle
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExportConfig), cfg))
+    policy = {k: v for k, v in asdict(cfg.policy).items() if v is not None}
+    if "name" not in policy:
+        if len(policy):
+            raise ValueError(f"policy fields {sorted(policy)} given without policy.name")
+        policy = None
+    result = export_bundle(
+        ModelBundle.load(cfg.bundle),
+        cfg.out_dir,
+        policy=policy,
+        fp16=cfg.fp16,
+        triton=cfg.triton,
+        model_name=cfg.model_name,
+        max_batch_size=cfg.max_batch_size,
+        parity_batch_sizes=tuple(cfg.parity_batch_sizes),
+        parity_candidates=tuple(cfg.parity_candidates),
+        max_history=cfg.max_history,
+    )
+    return {
+        "out_dir": str(result.out_dir),
+        "files": {k: str(p) for k, p in result.files.items()},
+        "parity": result.parity,
+    }
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="export", version_base=HYDRA_VERSION_BASE)
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    table = Table(title=f"exported to {summary['out_dir']}: onnxruntime vs torch")
+    for col in ("variant", "batch", "candidates", "max |diff|", "allowed", "same choice"):
+        table.add_column(col, justify="right")
+    for p in summary["parity"]:
+        table.add_row(
+            p["label"],
+            str(p["batch"]),
+            str(p["candidates"]),
+            f"{p['max_abs_diff']:.2e}",
+            f"{p['atol']:g}",
+            str(p["same_choice"]),
+        )
+    console = Console()
+    console.print(table)
+    for name, path in summary["files"].items():
+        console.print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

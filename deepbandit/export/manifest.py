@@ -1,0 +1,97 @@
+"""The export manifest: everything serving needs to turn raw requests into graph inputs, in one JSON file.
+
+The same keys (all but ``files``, whose hashes would include the graph itself) are stored as JSON strings
+in the ONNX file's ``metadata_props``, so a lone ``model.onnx`` still says what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from deepbandit.data.schema import MAX_CANDIDATES, MAX_HISTORY, SCHEMA_VERSION
+from deepbandit.models.bundle import ModelBundle
+from deepbandit.models.encoders import PAD_LOGIT
+
+MANIFEST_VERSION = 1
+
+# How raw request fields become graph inputs (serving/features.py implements exactly this).
+FEATURE_TRANSFORMS: dict[str, str] = {
+    "title_idx": "vocabularies.title lookup of title_id (unknown -> 1)",
+    "history_title_idx": (
+        "vocabularies.title lookup of played_title_ids (most recent first), first max_history kept, "
+        "left-aligned, padded with 0; history_mask True on real entries; H = max length in batch (>= 1)"
+    ),
+    "country_idx": "vocabularies.country lookup of the country string (unknown -> 1)",
+    "language_idx": "vocabularies.language lookup (unknown -> 1)",
+    "device_idx": "vocabularies.device lookup (unknown -> 1)",
+    "hour": "member-local hour, integer 0..23, int64 (the graph applies sin/cos)",
+    "weekday": "integer 0..6, Monday = 0, int64",
+    "recommender_score": "raw upstream score as float32 (the graph applies a signed log1p)",
+    "prior_interaction": "bool as float32 0/1",
+    "candidate_embeddings": (
+        "rows of images.npy at vocabularies.image lookup of candidate_image_ids (or embeddings added "
+        "at serving time), left-aligned, zero-padded; candidate_mask True on real candidates"
+    ),
+    "candidate_image_idx": (
+        "vocabularies.image index of each candidate; 1 (unknown) for images added after training, so "
+        "their hashed id embedding is never read; 0 on padding"
+    ),
+    "member_features": "dense float32 vector of member_features_dim per request",
+}
+
+
+def build_manifest(
+    bundle: ModelBundle,
+    files: dict[str, Path],
+    policy: dict[str, Any],
+    parity: list[dict[str, Any]],
+    *,
+    max_history: int | None = None,
+    model_name: str = "artwork_scorer",
+) -> dict[str, Any]:
+    """The manifest dict (JSON-serialisable); ``files`` is filled with hashes by the exporter."""
+    import deepbandit
+    from deepbandit.export.onnx_export import OPSET, input_specs, output_specs
+
+    meta = bundle.meta
+    if max_history is None:
+        max_history = int(meta.get("max_history", MAX_HISTORY))
+    if not 1 <= max_history <= MAX_HISTORY:
+        raise ValueError(f"max_history must be in 1..{MAX_HISTORY}, got {max_history}")
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "package_version": deepbandit.__version__,
+        "model_name": model_name,
+        "opset": OPSET,
+        "inputs": input_specs(bundle),
+        "outputs": output_specs(bundle),
+        "pad_logit": PAD_LOGIT,
+        "max_history": max_history,
+        "max_candidates": MAX_CANDIDATES,
+        "embedding_dim": bundle.model_cfg.embedding_dim,
+        "member_features_dim": bundle.model_cfg.member_features_dim,
+        "vocabularies": bundle.vocabs.to_dict(),
+        "feature_transforms": FEATURE_TRANSFORMS,
+        "model_config": asdict(bundle.model_cfg),
+        "uncertainty_config": asdict(bundle.uncertainty_cfg),
+        "policy": policy,
+        "train_window": meta.get("train_window"),
+        "metrics": meta.get("metrics", {}),
+        "bundle_meta": meta,
+        "parity": parity,
+        "files": {k: {"path": p.name} for k, p in files.items()},
+    }
+
+
+def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically as indented JSON."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    return path

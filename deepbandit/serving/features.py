@@ -1,0 +1,463 @@
+"""Raw requests -> graph inputs, with the manifest's vocabularies, in numpy alone.
+
+A batch of B requests is held columnar (``RequestBatch``): per-request arrays plus flat lists with offsets
+for the candidate and played-title lists. Validation marks bad requests (``errors``) instead of raising,
+so one malformed request never fails the rest of its batch; feature building then runs on the good rows.
+
+Fallbacks (the same as training's ``deepbandit.data.vocab``): a title, played title, country, language or
+device not in the vocabulary maps to index 1 ("unknown"), whose embedding was trained on nothing specific.
+A candidate image must have an embedding: images in ``images.npy`` or added with
+``ArtworkService.add_images``; any other candidate id makes its request an error (an image cannot be
+scored without its content).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD = 0
+UNK = 1
+N_RESERVED = 2
+
+REQUIRED_FIELDS = (
+    "member_id",
+    "title_id",
+    "candidate_image_ids",
+    "played_title_ids",
+    "country",
+    "language",
+    "device",
+    "hour",
+    "weekday",
+    "recommender_score",
+    "prior_interaction",
+)
+
+
+class NumpyVocab:
+    """Sorted keys -> indices 2.. (1 for unknown), the numpy twin of ``deepbandit.data.vocab.Vocab``.
+
+    Built from a manifest entry ``{"name", "kind", "keys", ...}``; lookups are one ``searchsorted``.
+    """
+
+    def __init__(self, entry: dict[str, Any]):
+        self.name = entry["name"]
+        self.kind = entry["kind"]
+        self.keys = np.asarray(entry["keys"], dtype=np.int64 if self.kind == "int64" else np.str_)
+        if self.kind == "string" and not len(self.keys):
+            self.keys = np.asarray([], dtype="<U1")
+
+    def __len__(self) -> int:
+        return len(self.keys) + N_RESERVED
+
+    def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in keys (N,), found (N,) bool) for values (N,)."""
+        if not len(self.keys) or not len(values):
+            return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+        pos = np.searchsorted(self.keys, values)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return pos, self.keys[pos] == values
+
+    def lookup(self, values: np.ndarray) -> np.ndarray:
+        """(N,) int64 indices: 2 + position for known values, 1 (unknown) otherwise."""
+        pos, found = self.find(values)
+        return np.where(found, pos + N_RESERVED, UNK).astype(np.int64)
+
+
+@dataclass
+class RequestBatch:
+    """B raw requests, columnar. Lists are flat values with offsets (B + 1,).
+
+    member_id, title_id (B,) int64; candidate_ids (N,) int64 with candidate_offsets (B + 1,);
+    played_ids (M,) int64 with played_offsets (B + 1,), most recent first; country, language, device (B,)
+    str; hour, weekday, recommender_score, prior_interaction (B,) float64 (checked to be integers / 0-1
+    where they must be); timestamp_us (B,) int64 or None; request_id (B,) str or None;
+    member_features (B, F) float32 or None. errors: request position -> message, filled by the
+    conversion and by :func:`validate`.
+    """
+
+    member_id: np.ndarray
+    title_id: np.ndarray
+    candidate_ids: np.ndarray
+    candidate_offsets: np.ndarray
+    played_ids: np.ndarray
+    played_offsets: np.ndarray
+    country: np.ndarray
+    language: np.ndarray
+    device: np.ndarray
+    hour: np.ndarray
+    weekday: np.ndarray
+    recommender_score: np.ndarray
+    prior_interaction: np.ndarray
+    timestamp_us: np.ndarray | None = None
+    request_id: np.ndarray | None = None
+    member_features: np.ndarray | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.member_id)
+
+    @property
+    def n_candidates(self) -> np.ndarray:
+        return np.diff(self.candidate_offsets)
+
+    def fail(self, bad: np.ndarray, message: str, values: np.ndarray | None = None) -> None:
+        """Record ``message`` for every True row of ``bad`` (B,) that has no error yet; ``{value}`` in the
+        message is replaced by that row's entry of ``values``."""
+        for row in np.flatnonzero(bad).tolist():
+            if row not in self.errors:
+                self.errors[row] = message.format(value=values[row] if values is not None else None)
+
+
+def _field(request: Any, name: str) -> Any:
+    if not isinstance(request, dict):
+        raise TypeError(f"request must be a dict, got {type(request).__name__}")
+    if name not in request or request[name] is None:
+        raise KeyError(f"missing field {name!r}")
+    return request[name]
+
+
+def from_dicts(requests: list[dict[str, Any]], member_features_dim: int = 0) -> RequestBatch:
+    """Columnar batch from a list of dicts (the impression contract's context fields). The only
+    per-request Python loop of serving: a dict per request is a Python object per request anyway; use
+    Arrow input (:func:`from_arrow`) for high throughput. Fields that cannot be read make that request
+    an error (with placeholders in its slots), never the batch."""
+    b = len(requests)
+    scalars = {
+        n: np.zeros(b, np.float64) for n in ("hour", "weekday", "recommender_score", "prior_interaction")
+    }
+    member_id, title_id, timestamp = np.zeros(b, np.int64), np.zeros(b, np.int64), np.zeros(b, np.int64)
+    strings = {n: np.full(b, "", dtype=object) for n in ("country", "language", "device")}
+    cand: list[np.ndarray] = []
+    played: list[np.ndarray] = []
+    request_id = np.full(b, "", dtype=object)
+    has_rid = has_ts = False
+    features = np.zeros((b, member_features_dim), np.float32) if member_features_dim else None
+    errors: dict[int, str] = {}
+    empty = np.zeros(0, np.int64)
+    for i, r in enumerate(requests):
+        c, p = empty, empty
+        try:
+            member_id[i] = _int(_field(r, "member_id"), "member_id")
+            title_id[i] = _int(_field(r, "title_id"), "title_id")
+            c = _int_list(_field(r, "candidate_image_ids"), "candidate_image_ids")
+            p = _int_list(_field(r, "played_title_ids"), "played_title_ids")
+            for n in strings:
+                v = _field(r, n)
+                if not isinstance(v, str):
+                    raise TypeError(f"{n} must be a string, got {v!r}")
+                strings[n][i] = v
+            for n in scalars:
+                v = _field(r, n)
+                if isinstance(v, str) or not np.isscalar(v):
+                    raise TypeError(f"{n} must be a number, got {v!r}")
+                scalars[n][i] = float(v)
+            if r.get("timestamp") is not None:
+                timestamp[i], has_ts = _timestamp_us(r["timestamp"]), True
+            if r.get("request_id") is not None:
+                request_id[i], has_rid = str(r["request_id"]), True
+            if features is not None:
+                f = np.asarray(_field(r, "member_features"), dtype=np.float32)
+                if f.shape != (member_features_dim,):
+                    raise ValueError(
+                        f"member_features must have {member_features_dim} values, got shape {f.shape}"
+                    )
+                features[i] = f
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            errors[i] = str(err.args[0]) if isinstance(err, KeyError) else str(err)
+            c, p = empty, empty
+        cand.append(c)
+        played.append(p)
+    batch = RequestBatch(
+        member_id=member_id,
+        title_id=title_id,
+        candidate_ids=np.concatenate(cand) if cand else empty,
+        candidate_offsets=_offsets(cand),
+        played_ids=np.concatenate(played) if played else empty,
+        played_offsets=_offsets(played),
+        **{n: v.astype(np.str_) if b else np.zeros(0, "<U1") for n, v in strings.items()},
+        **scalars,
+        timestamp_us=timestamp if has_ts else None,
+        request_id=request_id.astype(np.str_) if has_rid else None,
+        member_features=features,
+        errors=errors,
+    )
+    return batch
+
+
+def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
+    """Columnar batch from a pyarrow Table (or RecordBatch) with the impression contract's context columns
+    (pyarrow imported lazily). Missing columns fail every request; nulls fail their request."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    b = table.num_rows
+    errors: dict[int, str] = {}
+    missing = [n for n in REQUIRED_FIELDS if n not in table.column_names]
+    if member_features_dim and "member_features" not in table.column_names:
+        missing.append("member_features")
+    if missing:
+        raise KeyError(f"request table lacks columns {missing}; it has {table.column_names}")
+
+    def column(name: str) -> pa.Array:
+        col = table.column(name)
+        col = (
+            col.chunk(0) if col.num_chunks == 1 else pa.concat_arrays(col.chunks) if col.num_chunks else None
+        )
+        if col is None:
+            col = pa.array([], table.schema.field(name).type)
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if col.null_count:
+            for row in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist():
+                errors.setdefault(row, f"missing field {name!r}")
+        return col
+
+    def filled(col: pa.Array, value: Any) -> pa.Array:
+        return pc.fill_null(col, value) if col.null_count else col
+
+    def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
+        col = column(name)
+        col = filled(col, pa.scalar([], col.type))
+        offsets = col.offsets.to_numpy().astype(np.int64)
+        values = col.values[offsets[0] : offsets[-1]]
+        offsets -= offsets[0]
+        if values.null_count:
+            for row in np.flatnonzero(_row_of_nulls(values, offsets)).tolist():
+                errors.setdefault(row, f"{name} holds a null id")
+        return filled(values, 0).cast(pa.int64()).to_numpy(zero_copy_only=False), offsets
+
+    def num(name: str) -> np.ndarray:
+        return filled(column(name), 0).cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+    def text(name: str) -> np.ndarray:
+        return np.asarray(filled(column(name), "").cast(pa.string()).to_numpy(zero_copy_only=False), np.str_)
+
+    cand, cand_off = flat("candidate_image_ids")
+    played, played_off = flat("played_title_ids")
+    timestamp = None
+    if "timestamp" in table.column_names:
+        ts = column("timestamp")
+        ts = ts.cast(pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(ts.type) else ts
+        timestamp = filled(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    features = None
+    if member_features_dim:
+        fcol = column("member_features")
+        lengths = pc.fill_null(pc.list_value_length(fcol), 0).to_numpy(zero_copy_only=False)
+        bad = lengths != member_features_dim
+        for row in np.flatnonzero(bad).tolist():
+            errors.setdefault(
+                row, f"member_features must have {member_features_dim} values, got {lengths[row]}"
+            )
+        features = np.zeros((b, member_features_dim), np.float32)
+        vals = pc.list_flatten(fcol).cast(pa.float32()).to_numpy(zero_copy_only=False)
+        if not bad.any():
+            features[:] = vals.reshape(b, member_features_dim)
+    rid = None
+    if "request_id" in table.column_names:
+        rid = text("request_id")
+    return RequestBatch(
+        member_id=num("member_id").astype(np.int64),
+        title_id=num("title_id").astype(np.int64),
+        candidate_ids=cand,
+        candidate_offsets=cand_off,
+        played_ids=played,
+        played_offsets=played_off,
+        country=text("country"),
+        language=text("language"),
+        device=text("device"),
+        hour=num("hour"),
+        weekday=num("weekday"),
+        recommender_score=num("recommender_score"),
+        prior_interaction=num("prior_interaction"),
+        timestamp_us=timestamp,
+        request_id=rid,
+        member_features=features,
+        errors=errors,
+    )
+
+
+def validate(batch: RequestBatch, max_candidates: int) -> None:
+    """Record per-request errors for values the model cannot take (vectorised; rows already in error
+    keep their first message)."""
+    n = batch.n_candidates
+    batch.fail(n == 0, "candidate_image_ids is empty: a request needs at least one candidate image")
+    batch.fail(n > max_candidates, f"candidate_image_ids has {{value}} images, more than {max_candidates}", n)
+    row = np.repeat(np.arange(len(batch)), n)
+    order = np.lexsort((batch.candidate_ids, row))
+    same = (row[order][1:] == row[order][:-1]) & (
+        batch.candidate_ids[order][1:] == batch.candidate_ids[order][:-1]
+    )
+    dup_rows = np.zeros(len(batch), bool)
+    dup_rows[row[order][1:][same]] = True
+    dup_ids = np.zeros(len(batch), np.int64)
+    dup_ids[row[order][1:][same]] = batch.candidate_ids[order][1:][same]
+    batch.fail(dup_rows, "candidate_image_ids repeats image {value}: candidates must be unique", dup_ids)
+    for name, low, high in (("hour", 0, 23), ("weekday", 0, 6), ("prior_interaction", 0, 1)):
+        x = getattr(batch, name)
+        bad = ~np.isfinite(x) | (x != np.round(x)) | (x < low) | (x > high)
+        batch.fail(bad, f"{name} is {{value}}, expected an integer in {low}..{high}", x)
+    x = batch.recommender_score
+    batch.fail(~np.isfinite(x), "recommender_score is {value}, expected a finite number", x)
+    if batch.member_features is not None:
+        bad = ~np.isfinite(batch.member_features).all(1)
+        batch.fail(bad, "member_features holds a non-finite value")
+
+
+def _row_of_nulls(values: Any, offsets: np.ndarray) -> np.ndarray:
+    """(B,) True where a list has a null entry."""
+    nulls = values.is_null().to_numpy(zero_copy_only=False)
+    if not nulls.any():
+        return np.zeros(len(offsets) - 1, bool)
+    return (
+        np.add.reduceat(np.append(nulls, False).astype(np.int64), offsets[:-1]) * (np.diff(offsets) > 0) > 0
+    )
+
+
+def _offsets(parts: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=out[1:])
+    return out
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise TypeError(f"{name} must be an integer id, got {v!r}")
+    return int(v)
+
+
+def _int_list(v: Any, name: str) -> np.ndarray:
+    arr = np.asarray(v)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise TypeError(f"{name} must be a list of integer ids, got {v!r}")
+    return arr.astype(np.int64)
+
+
+def _timestamp_us(v: Any) -> int:
+    """Microseconds since the Unix epoch from an int (microseconds), a datetime or numpy datetime64."""
+    if isinstance(v, int | np.integer) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, np.datetime64):
+        return int(v.astype("datetime64[us]").astype(np.int64))
+    if hasattr(v, "timestamp") and hasattr(v, "tzinfo"):
+        if v.tzinfo is None:
+            raise ValueError(f"timestamp {v!r} has no time zone; pass an aware datetime (UTC)")
+        return round(v.timestamp() * 1_000_000)
+    raise TypeError(f"timestamp must be int microseconds, datetime or datetime64, got {v!r}")
+
+
+@dataclass
+class GraphInputs:
+    """Inputs for the good rows of a batch (``rows`` (G,) positions in the batch) and their candidate
+    mask (G, A)."""
+
+    rows: np.ndarray
+    feeds: dict[str, np.ndarray]
+
+
+def build_inputs(
+    batch: RequestBatch,
+    vocabs: dict[str, NumpyVocab],
+    image_rows: ImageIndex,
+    embeddings: np.ndarray,
+    input_names: list[str],
+    max_history: int,
+) -> GraphInputs:
+    """Graph inputs for the rows of ``batch`` without errors; requests whose candidates lack an
+    embedding become errors. Shapes: see ``deepbandit.export.onnx_export`` (A = widest good row,
+    H = min(max_history, longest good history), both >= 1)."""
+    n_cand = batch.n_candidates
+    cand_row = np.repeat(np.arange(len(batch)), n_cand)
+    emb_row, vocab_idx = image_rows.lookup(batch.candidate_ids)
+    unknown = emb_row < 0
+    if unknown.any():
+        bad = np.zeros(len(batch), bool)
+        bad[cand_row[unknown]] = True
+        first = np.zeros(len(batch), np.int64)
+        first[cand_row[unknown][::-1]] = batch.candidate_ids[unknown][::-1]  # first unknown id of each row
+        batch.fail(
+            bad, "candidate image {value} has no embedding (not in images.npy; add it with add_images)", first
+        )
+    ok = np.ones(len(batch), bool)
+    ok[list(batch.errors)] = False
+    rows = np.flatnonzero(ok)
+    g = len(rows)
+    # candidates of good rows, left-aligned
+    keep_c = ok[cand_row]
+    lengths = n_cand[rows]
+    a = max(int(lengths.max()) if g else 1, 1)
+    mask = np.arange(a) < lengths[:, None]
+    cand_emb_rows = np.zeros((g, a), np.int64)
+    cand_emb_rows[mask] = emb_row[keep_c]
+    feeds: dict[str, np.ndarray] = {
+        "candidate_embeddings": embeddings[cand_emb_rows],  # row 0 of the table is padding (zeros)
+        "candidate_mask": mask,
+    }
+    if "candidate_image_idx" in input_names:
+        idx = np.zeros((g, a), np.int64)
+        idx[mask] = vocab_idx[keep_c]
+        feeds["candidate_image_idx"] = idx
+    # history: most recent first, first max_history kept
+    n_played = np.diff(batch.played_offsets)
+    pos = np.arange(len(batch.played_ids)) - np.repeat(batch.played_offsets[:-1], n_played)
+    played_row = np.repeat(np.arange(len(batch)), n_played)
+    keep_h = ok[played_row] & (pos < max_history)
+    h_len = np.minimum(n_played[rows], max_history)
+    h = max(int(h_len.max()) if g else 1, 1)
+    h_mask = np.arange(h) < h_len[:, None]
+    hist = np.zeros((g, h), np.int64)
+    hist[h_mask] = vocabs["title"].lookup(batch.played_ids[keep_h])
+    feeds.update(
+        history_title_idx=hist,
+        history_mask=h_mask,
+        country_idx=vocabs["country"].lookup(batch.country[rows]),
+        language_idx=vocabs["language"].lookup(batch.language[rows]),
+        device_idx=vocabs["device"].lookup(batch.device[rows]),
+        hour=batch.hour[rows].astype(np.int64),
+        weekday=batch.weekday[rows].astype(np.int64),
+        recommender_score=batch.recommender_score[rows].astype(np.float32),
+        prior_interaction=batch.prior_interaction[rows].astype(np.float32),
+        title_idx=vocabs["title"].lookup(batch.title_id[rows]),
+    )
+    if "member_features" in input_names:
+        feeds["member_features"] = batch.member_features[rows]
+    return GraphInputs(rows, {n: feeds[n] for n in input_names})
+
+
+class ImageIndex:
+    """Image id -> (row of the embedding table, vocab index for the hashed id embedding).
+
+    Rows 0..n_images+1 are images.npy (aligned with the image vocabulary); images added after training
+    get rows after it and vocab index 1 (unknown), so the model scores them from content alone.
+    """
+
+    def __init__(self, vocab: NumpyVocab):
+        self.vocab = vocab
+        self.extra_ids = np.zeros(0, np.int64)  # sorted
+        self.extra_rows = np.zeros(0, np.int64)
+
+    def add(self, ids: np.ndarray, first_row: int) -> None:
+        ids = np.asarray(ids, np.int64)
+        ids_all = np.concatenate([self.extra_ids, ids])
+        rows_all = np.concatenate([self.extra_rows, first_row + np.arange(len(ids))])
+        order = np.argsort(ids_all, kind="stable")
+        self.extra_ids, self.extra_rows = ids_all[order], rows_all[order]
+
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        return self.lookup(ids)[0] >= 0
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding rows (N,), -1 where the id has no embedding; vocab indices (N,))."""
+        pos, found = self.vocab.find(ids)
+        vocab_idx = np.where(found, pos + N_RESERVED, UNK).astype(np.int64)
+        rows = np.where(found, vocab_idx, -1)
+        if len(self.extra_ids):
+            epos = np.minimum(np.searchsorted(self.extra_ids, ids), len(self.extra_ids) - 1)
+            efound = ~found & (self.extra_ids[epos] == ids)
+            rows = np.where(efound, self.extra_rows[epos], rows)
+        return rows, vocab_idx

@@ -1,0 +1,239 @@
+"""ONNX export: parity with torch, fp16 tolerance, manifest, ONNX metadata, Triton config, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deepbandit.data.vocab import FeatureVocabs, Vocab
+from deepbandit.export.onnx_export import export_bundle, read_metadata, sha256
+from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
+from deepbandit.models.bundle import ModelBundle
+from deepbandit.models.encoders import ModelConfig
+from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
+from deepbandit.policies import masked_argmax
+
+N_TITLES, N_IMAGES, D = 20, 50, 8
+
+
+def make_bundle(kind: str = "none", seed: int = 0, **model_kw) -> ModelBundle:
+    """A freshly initialised small model with vocabularies (titles 100.., images 1000..)."""
+    torch.manual_seed(seed)
+    vocabs = FeatureVocabs(
+        title=Vocab("title", np.arange(100, 100 + N_TITLES)),
+        image=Vocab("image", np.arange(1000, 1000 + N_IMAGES)),
+        country=Vocab("country", ["DE", "FR", "US"]),
+        language=Vocab("language", ["de", "en"]),
+        device=Vocab("device", ["tv", "web"]),
+        genre=Vocab("genre", ["action", "drama", "kids"]),
+    )
+    cfg_kw = dict(id_dim=8, tower_dim=16, hidden_dim=16, head_dim=16, image_id_hash_buckets=7)
+    cfg_kw.update(model_kw)
+    cfg = ModelConfig(
+        n_titles=N_TITLES, n_countries=3, n_languages=2, n_devices=2, n_images=N_IMAGES, n_genres=3,
+        embedding_dim=D, **cfg_kw,
+    )  # fmt: skip
+    unc = UncertaintyConfig(kind=kind, n_members=3, prior_scale=1.0 if kind == "ensemble" else 0.0)
+    genres = (torch.rand(N_TITLES + 2, 3) < 0.5).float()
+    model = build_scorer(cfg, unc, genres)
+    emb = torch.randn(N_IMAGES + 2, D)
+    emb[:2] = 0
+    meta = {"train_window": ["2026-01-01", "2026-02-01"], "metrics": {"val_loss": 0.5}, "max_history": 16}
+    return ModelBundle.from_model(model, cfg, unc, vocabs, emb, genres, meta)
+
+
+@pytest.fixture(scope="module")
+def ensemble_export(tmp_path_factory):
+    bundle = make_bundle("ensemble")
+    out = tmp_path_factory.mktemp("ens")
+    result = export_bundle(
+        bundle, out, policy={"name": "thompson", "kind": "ensemble"}, fp16=True, triton=True,
+        parity_batch_sizes=(1,), parity_candidates=(25,),
+    )  # fmt: skip
+    return bundle, result
+
+
+@pytest.mark.parametrize(
+    "kind,model_kw,batch_sizes",
+    [
+        ("none", {}, (1, 7, 512, 8192)),
+        ("none", {"pooling": "attention", "member_features_dim": 3}, (1, 7, 512)),
+        ("ensemble", {}, (1, 7, 512)),
+    ],
+)
+def test_fp32_parity_grid(tmp_path, kind, model_kw, batch_sizes):
+    """Batch sizes x candidates 1..64 with random padding: <= 1e-5 and the same choice (and winners).
+    The 8192 row runs for the default model only, to keep the file fast on a shared 2-core machine."""
+    bundle = make_bundle(kind, **model_kw)
+    result = export_bundle(bundle, tmp_path, parity_batch_sizes=(1,), parity_candidates=(1,))
+    records = check_parity(
+        bundle.build_model(), bundle, result.files["model"], batch_sizes, (1, 25, 64), seed=3
+    )
+    assert len(records) == 3 * len(batch_sizes)
+    assert all(r["max_abs_diff"] <= FP32_ATOL and r["same_choice"] for r in records)
+
+
+def test_parity_check_can_fail(tmp_path):
+    bundle = make_bundle()
+    result = export_bundle(bundle, tmp_path, parity_batch_sizes=(1,), parity_candidates=(1,))
+    other = make_bundle(seed=1).build_model()  # different weights behind the same graph
+    with pytest.raises(AssertionError, match="disagrees with torch"):
+        check_parity(other, bundle, result.files["model"], (7,), (25,))
+
+
+def test_fp16_variant_within_stated_tolerance(ensemble_export):
+    bundle, result = ensemble_export
+    records = check_parity(
+        bundle.build_model(), bundle, result.files["model_fp16"], (7, 512), (25,), atol=FP16_ATOL,
+        same_choice=False,
+    )  # fmt: skip
+    worst = max(r["max_abs_diff"] for r in records)
+    assert FP32_ATOL < worst <= FP16_ATOL  # really half precision inside, and within the stated bound
+    inputs = {i.name: i.type.tensor_type.elem_type for i in onnx.load(result.files["model_fp16"]).graph.input}
+    assert inputs["candidate_embeddings"] == onnx.TensorProto.FLOAT  # fp32 at the boundary
+
+
+def test_ensemble_outputs_and_winners(ensemble_export):
+    import onnxruntime as ort
+
+    from deepbandit.export.onnx_export import sample_inputs
+
+    bundle, result = ensemble_export
+    session = ort.InferenceSession(str(result.files["model"]), providers=["CPUExecutionProvider"])
+    feeds = sample_inputs(bundle, 64, 25, 6, seed=5)
+    scores, samples, winners = session.run(["scores", "posterior_samples", "winners"], feeds)
+    assert samples.shape == (64, 3, 25) and winners.shape == (64, 3) and winners.dtype == np.int64
+    np.testing.assert_array_equal(winners, masked_argmax(samples, feeds["candidate_mask"]))
+    np.testing.assert_allclose(scores, samples.mean(1), atol=1e-5)
+    assert (samples[~np.broadcast_to(feeds["candidate_mask"][:, None], samples.shape)] == -1e4).all()
+
+
+def test_manifest_files_and_metadata(ensemble_export):
+    bundle, result = ensemble_export
+    out = result.out_dir
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in (
+        "schema_version",
+        "package_version",
+        "inputs",
+        "outputs",
+        "vocabularies",
+        "feature_transforms",
+        "model_config",
+        "uncertainty_config",
+        "policy",
+        "train_window",
+        "metrics",
+        "parity",
+        "files",
+    ):
+        assert key in manifest, key  # fmt: skip
+    assert manifest["train_window"] == ["2026-01-01", "2026-02-01"] and manifest["max_history"] == 16
+    assert FeatureVocabs.from_dict(manifest["vocabularies"]) == bundle.vocabs
+    for entry in manifest["files"].values():
+        assert sha256(out / entry["path"]) == entry["sha256"]
+    np.testing.assert_array_equal(np.load(out / "images.npy"), bundle.image_embedding.numpy())
+    metadata = read_metadata(out / "model.onnx")
+    assert metadata == {k: v for k, v in manifest.items() if k != "files"}
+    graph = onnx.load(out / "model.onnx").graph
+    assert [i.name for i in graph.input] == list(manifest["inputs"])
+    assert [o.name for o in graph.output] == ["scores", "posterior_samples", "winners"]
+
+
+_ONNX_TO_TRITON = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.BOOL: "TYPE_BOOL",
+}
+
+
+def _parse_pbtxt_tensors(text: str, section: str) -> dict[str, tuple[str, int]]:
+    """name -> (data_type, rank including the batch axis) for the ``input``/``output`` section."""
+    body = re.search(rf"^{section} \[\n(.*?)\n\]", text, re.S | re.M).group(1)
+    out = {}
+    for block in re.findall(r"\{(.*?)\n  \}", body, re.S):
+        name = re.search(r'name: "(\w+)"', block).group(1)
+        dtype = re.search(r"data_type: (\w+)", block).group(1)
+        dims = re.search(r"dims: \[ ([^\]]*) \]", block).group(1).split(", ")
+        rank = 1 + (0 if "reshape: { shape: [ ] }" in block else len(dims))
+        out[name] = (dtype, rank)
+    return out
+
+
+def test_triton_config_consistent_with_graph(ensemble_export):
+    _, result = ensemble_export
+    folder = result.files["triton"]
+    text = (folder / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in text and "dynamic_batching" in text
+    assert "max_batch_size: 16384" in text
+    graph = onnx.load(folder / "1" / "model.onnx").graph
+    for section, tensors in (("input", graph.input), ("output", graph.output)):
+        expected = {
+            t.name: (_ONNX_TO_TRITON[t.type.tensor_type.elem_type], len(t.type.tensor_type.shape.dim))
+            for t in tensors
+        }
+        assert _parse_pbtxt_tensors(text, section) == expected
+
+
+def test_thompson_needs_an_ensemble(tmp_path):
+    with pytest.raises(ValueError, match="ensembles only"):
+        export_bundle(make_bundle(), tmp_path, policy={"name": "thompson", "kind": "mc_dropout"})
+
+
+def test_mc_dropout_exports_its_mean(tmp_path):
+    bundle = make_bundle("mc_dropout", last_layer_dropout=0.2)
+    result = export_bundle(bundle, tmp_path, parity_batch_sizes=(7,), parity_candidates=(25,))
+    assert list(result.manifest["outputs"]) == ["scores"]
+    assert result.parity[0]["max_abs_diff"] <= FP32_ATOL  # the eval-mode (dropout off) prediction
+
+
+def test_cli_run(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from deepbandit.cli.export import run
+
+    path = make_bundle("ensemble").save(tmp_path / "model.pt")
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        cfg = compose(
+            "export",
+            overrides=[f"bundle={path}", f"out_dir={tmp_path / 'out'}", "policy.name=thompson",
+                       "policy.kind=ensemble", "policy.min_propensity=0.01", "parity_batch_sizes=[3]",
+                       "parity_candidates=[4]"],
+        )  # fmt: skip
+        with pytest.raises(Exception, match="temperatur"):
+            compose("export", overrides=[f"bundle={path}", "out_dir=x", "temperatur=1"])
+    summary = run(cfg)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["policy"] == {"name": "thompson", "kind": "ensemble", "min_propensity": 0.01}
+    assert (tmp_path / "out" / "triton" / "artwork_scorer" / "config.pbtxt").is_file()
+    assert summary["parity"][0]["batch"] == 3
+
+
+@pytest.mark.parametrize(
+    "kind,trained,expected",
+    [
+        ("ensemble", {"name": "thompson", "epsilon": 0.05, "temperature": 1.0, "n_samples": None},
+         {"name": "thompson", "epsilon": 0.05, "kind": "ensemble"}),
+        ("none", {"name": "softmax", "epsilon": 0.0, "temperature": 0.5, "n_samples": None},
+         {"name": "softmax", "temperature": 0.5}),
+        ("none", None, {"name": "greedy"}),
+        ("mc_dropout", {"name": "thompson", "epsilon": 0.0, "temperature": 1.0, "n_samples": 8}, ValueError),
+    ],
+)  # fmt: skip
+def test_serving_policy_from_the_training_run(kind, trained, expected):
+    from deepbandit.export.onnx_export import serving_policy
+
+    bundle = make_bundle(kind, last_layer_dropout=0.1 if kind == "mc_dropout" else 0.0)
+    bundle.meta["policy"] = trained
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="ensembles only"):
+            serving_policy(bundle)
+    else:
+        assert serving_policy(bundle) == expected
+    with pytest.raises(ValueError, match="temperature"):
+        serving_policy(bundle, {"name": "softmax", "temperature": -1.0})
