@@ -1,0 +1,116 @@
+"""`deepbandit evaluate`: off-policy evaluation report of the baselines (and a trained model) on a dataset.
+
+    deepbandit evaluate dataset=data/sim
+    deepbandit evaluate dataset=data/sim bundle=outputs/2026-01-01/12-00-00/model.pt model_policy=thompson
+
+Writes report.md, report.json and PNG plots into the run directory (``out_dir``) and prints a summary
+table. docs_evaluation_reports.md explains how to read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE, run_dir
+from deepbandit.evaluation.evaluate import EvaluationSettings, evaluate_rows, read_dataset
+from deepbandit.evaluation.plots import write_plots
+from deepbandit.evaluation.report import summary_rows, write_report
+
+
+@dataclass
+class EvaluateConfig:
+    dataset: str = MISSING
+    bundle: str | None = None
+    model_policy: str = "greedy"
+    estimators: list[str] = field(default_factory=lambda: ["ips", "snips", "dm", "dr", "sndr"])
+    interval: str = "bootstrap"
+    alpha: float = 0.05
+    n_bootstrap: int = 200
+    seed: int = 0
+    train_fraction: float = 0.5
+    segments: list[str] = field(default_factory=lambda: ["prior_interaction", "device", "country"])
+    segment_estimator: str = "snips"
+    min_segment_rows: int = 100
+    title_for_plot: int | None = None
+    plot_estimator: str = "snips"
+    plots: bool = True
+    out_dir: str | None = None
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.dataset`` and write the report into ``cfg.out_dir``; returns the result dict plus
+    ``files`` (paths written)."""
+    if cfg.out_dir is None:
+        raise ValueError("out_dir is required when calling run() directly (the command uses the run dir)")
+    if cfg.plot_estimator not in cfg.estimators:
+        raise ValueError(
+            f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"
+        )
+    settings = EvaluationSettings(
+        estimators=tuple(cfg.estimators),
+        interval=cfg.interval,
+        alpha=cfg.alpha,
+        n_bootstrap=cfg.n_bootstrap,
+        seed=cfg.seed,
+        segments=tuple(cfg.segments),
+        segment_estimator=cfg.segment_estimator,
+        min_segment_rows=cfg.min_segment_rows,
+        title_for_plot=cfg.title_for_plot,
+    )
+    table, titles, images, world = read_dataset(cfg.dataset)
+    scorer = None
+    if cfg.bundle is not None:
+        from deepbandit.evaluation.model_policy import BundleScorer  # torch models only when one is evaluated
+
+        scorer = BundleScorer.from_path(
+            cfg.bundle, images, posterior=cfg.model_policy == "thompson", seed=cfg.seed
+        )
+    result = evaluate_rows(
+        table,
+        titles,
+        settings,
+        train_fraction=cfg.train_fraction,
+        scorer=scorer,
+        model_policy=cfg.model_policy,
+        world=world,
+        source=str(Path(cfg.dataset) / "impressions"),
+    )
+    result["config"] = OmegaConf.to_container(cfg, resolve=True)
+    out = Path(cfg.out_dir)
+    plots = write_plots(result, out, cfg.plot_estimator) if cfg.plots else []
+    js, md = write_report(result, out, plots, cfg.segment_estimator)
+    result["files"] = [str(p) for p in (md, js, *plots)]
+    return result
+
+
+def print_summary(result: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"Policy values on {result['n_eval_rows']:,} evaluated impressions")
+    for col in ["policy", *[e.upper() for e in result["estimators"]], "true"]:
+        table.add_column(col)
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    for path in result["files"]:
+        console.print(f"wrote {path}")
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base=HYDRA_VERSION_BASE)
+def _main(cfg: DictConfig) -> None:
+    if cfg.out_dir is None:
+        cfg.out_dir = str(run_dir())
+    print_summary(run(cfg))
+
+
+def main() -> None:
+    _main()
