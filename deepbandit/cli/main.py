@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepbandit.cli.train", "train a deep contextual bandit on logged impressions"),
     "sweep-report": ("deepbandit.cli.sweep_report", "rank the runs of a hyperparameter sweep"),
     "evaluate": ("deepbandit.cli.evaluate", "off-policy evaluation report of policies on logged data"),
+    "loop": ("deepbandit.cli.loop", "closed-loop simulation: serve, log, retrain, redeploy; regret per agent"),
     "export": ("deepbandit.cli.export", "export a trained model to ONNX with manifest and Triton repository"),
 }
 

@@ -1,0 +1,36 @@
+"""`deepbandit loop`: the closed loop over an environment (artwork world or digits), see docs_loop.md.
+
+deepbandit loop world=tiny n_rounds=5 requests_per_round=2000
+deepbandit loop environment=digits agents=[random,linucb,deep_thompson] deep.serve=torch
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.loop.loop import LoopConfig, run_loop, summary_table
+
+ConfigStore.instance().store(name="loop_schema", node=LoopConfig)
+
+
+def run(cfg: DictConfig | LoopConfig) -> dict:
+    """Run the loop from a composed config; print the summary table; return the result (loop.json's
+    content plus the agents' logged tables under "logs")."""
+    if not isinstance(cfg, LoopConfig):
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LoopConfig), cfg))
+    result = run_loop(cfg)
+    Console().print(summary_table(result))
+    return result
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="loop", version_base=HYDRA_VERSION_BASE)
+def _main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    _main()

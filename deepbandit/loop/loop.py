@@ -1,0 +1,263 @@
+"""The closed loop: rounds of requests decided by every agent on the same stream, regret against the oracle.
+
+Per round r: the environment hands out B requests; every agent decides them (its own rng stream, keyed by
+(seed, agent, round)); rewards come from the environment with common random numbers (same request and same
+image: same reward whichever agent showed it); every agent learns from its own outcomes (deep agents retrain
+warm-started and re-export). Regret of a round = sum over its requests of (oracle expected reward - expected
+reward of the chosen image): expected, not sampled, so it carries no reward noise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from deepbandit.data.world import WorldConfig
+from deepbandit.loop.agents import (
+    DeepAgent,
+    DeepConfig,
+    Featurizer,
+    LinUCB,
+    RandomAgent,
+    UnpersonalisedThompson,
+)
+from deepbandit.loop.environments import (
+    ArtworkEnvironment,
+    ClassificationEnvironment,
+    Environment,
+    Requests,
+    chosen_ids,
+)
+from deepbandit.policies import Decisions
+
+AGENTS = ("random", "unpersonalised_ts", "linucb", "deep_greedy", "deep_epsilon", "deep_thompson")
+ENVIRONMENTS = ("artwork", "digits")
+
+
+@dataclass
+class LoopConfig:
+    """``deepbandit loop`` (the ``loop_schema`` of conf/loop.yaml)."""
+
+    environment: str = "artwork"  # artwork | digits
+    world: WorldConfig = field(default_factory=WorldConfig)  # artwork only
+    n_days: int = 14  # artwork timeline: the run's requests spread over it
+    start_date: str = "2024-01-01"
+    n_rounds: int = 10
+    requests_per_round: int = 4000
+    agents: list[str] = field(default_factory=lambda: list(AGENTS))
+    ts_samples: int = 32  # posterior draws per request of the unpersonalised Thompson bandit
+    linucb_alpha: float = 0.5
+    deep: DeepConfig = field(default_factory=DeepConfig)
+    seed: int = 0
+    out_dir: str = "loop"
+    keep_logs: bool = True  # write each agent's logged impressions as Parquet
+    plots: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise ValueError(
+                f"loop config: environment must be one of {ENVIRONMENTS}, got {self.environment!r}"
+            )
+        unknown = [a for a in self.agents if a not in AGENTS]
+        if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
+            raise ValueError(f"loop config: agents must be distinct names among {AGENTS}, got {self.agents}")
+        for name in ("n_rounds", "requests_per_round", "ts_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
+
+
+def make_environment(cfg: LoopConfig) -> Environment:
+    if cfg.environment == "artwork":
+        return ArtworkEnvironment(
+            cfg.world,
+            cfg.n_rounds * cfg.requests_per_round,
+            n_days=cfg.n_days,
+            start_date=cfg.start_date,
+            seed=cfg.seed,
+        )
+    return ClassificationEnvironment.digits(seed=cfg.seed)
+
+
+def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Path) -> list[Any]:
+    """The agents named in ``cfg.agents``, in that order."""
+    devices = sorted(set(first.table.column("device").to_pylist()))
+    n_images = int(np.asarray(env.images_table().column("image_id")).max()) + 1
+    featurizer = None
+    agents: list[Any] = []
+    for k, name in enumerate(cfg.agents):
+        if name == "random":
+            agents.append(RandomAgent())
+        elif name == "unpersonalised_ts":
+            agents.append(UnpersonalisedThompson(n_images, cfg.ts_samples))
+        elif name == "linucb":
+            agents.append(LinUCB(env, devices, alpha=cfg.linucb_alpha))
+        elif name.startswith("deep_"):
+            featurizer = featurizer or Featurizer(env, first)
+            agents.append(DeepAgent(name[5:], featurizer, cfg.deep, cfg.seed * 101 + k, work_dir / "exports"))
+    return agents
+
+
+def impressions_table(requests: Requests, d: Decisions, rewards: np.ndarray) -> pa.Table:
+    """The agent's logged round in the log contract: the requests plus chosen image, propensity, reward,
+    action_dist (aligned with candidate_image_ids) and propensity_kind."""
+    n_cand = requests.mask.sum(axis=1)
+    offsets = np.zeros(len(requests) + 1, np.int32)
+    np.cumsum(n_cand, out=offsets[1:])
+    table = requests.table
+    for name, values in (
+        ("chosen_image_id", pa.array(chosen_ids(requests, d.action))),
+        ("propensity", pa.array(np.asarray(d.propensity, np.float64))),
+        ("reward", pa.array(np.asarray(rewards, np.float64))),
+        ("action_dist", pa.ListArray.from_arrays(pa.array(offsets), pa.array(d.action_dist[requests.mask]))),
+        ("propensity_kind", pa.repeat(pa.scalar(d.propensity_kind), len(requests))),
+    ):
+        table = table.append_column(name, values)
+    return table
+
+
+def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Path | None = None) -> dict:
+    """Run the loop; write ``loop.json`` (+ plots, + logs) to ``out_dir`` and return the same dict.
+
+    Per agent (R rounds): ``regret`` (R,) per round (sum over requests), ``cumulative_regret`` (R,),
+    ``take_rate`` (R,) mean sampled reward, ``expected_take_rate`` (R,) mean expected reward of the chosen
+    images; per round ``oracle`` (R,) and ``random`` (R,) expected take rates.
+    """
+    cfg.validate()
+    out = Path(out_dir if out_dir is not None else cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = env if env is not None else make_environment(cfg)
+    env.reset(cfg.seed)
+    t0 = time.perf_counter()
+    requests = env.next_requests(cfg.requests_per_round)
+    agents = make_agents(cfg, env, requests, out)
+    names = [a.name for a in agents]
+    stats = {n: {k: [] for k in ("regret", "take_rate", "expected_take_rate")} for n in names}
+    oracle, random_value, seconds = [], [], dict.fromkeys(names, 0.0)
+    logs: dict[str, list[pa.Table]] = {n: [] for n in names}
+    from rich.progress import Progress
+
+    with Progress(disable=not cfg.progress, transient=True) as progress:
+        task = progress.add_task("loop", total=cfg.n_rounds)
+        for r in range(cfg.n_rounds):
+            if r:
+                requests = env.next_requests(cfg.requests_per_round)
+            q = env.expected_rewards(requests)
+            best = np.where(requests.mask, q, -np.inf).max(axis=1)
+            oracle.append(float(best.mean()))
+            random_value.append(float((q.sum(axis=1) / requests.mask.sum(axis=1)).mean()))
+            rows = np.arange(len(requests))
+            for k, agent in enumerate(agents):
+                t = time.perf_counter()
+                rng = np.random.default_rng([cfg.seed, 0xA6E7, k, r])
+                d = agent.act(requests, rng)
+                rewards = env.sample_rewards(requests, d.action)
+                agent.learn(requests, d, rewards)
+                seconds[agent.name] += time.perf_counter() - t
+                chosen_q = q[rows, d.action]
+                s = stats[agent.name]
+                s["regret"].append(float((best - chosen_q).sum()))
+                s["take_rate"].append(float(rewards.mean()))
+                s["expected_take_rate"].append(float(chosen_q.mean()))
+                if cfg.keep_logs:
+                    logs[agent.name].append(impressions_table(requests, d, rewards))
+            progress.advance(task)
+    result = {
+        "environment": getattr(env, "name", type(env).__name__),
+        "n_rounds": cfg.n_rounds,
+        "requests_per_round": cfg.requests_per_round,
+        "oracle": oracle,
+        "random": random_value,
+        "agents": {},
+        "seconds": {"total": time.perf_counter() - t0, "per_agent": seconds},
+        "config": asdict(cfg),
+        "out_dir": str(out),
+    }
+    for agent in agents:
+        s = stats[agent.name]
+        entry = {**s, "cumulative_regret": np.cumsum(s["regret"]).tolist()}
+        entry["total_regret"] = entry["cumulative_regret"][-1]
+        entry["mean_expected_take_rate"] = float(np.mean(s["expected_take_rate"]))
+        if isinstance(agent, DeepAgent):
+            entry["train_seconds"], entry["export_seconds"] = agent.train_seconds, agent.export_seconds
+        result["agents"][agent.name] = entry
+    if cfg.keep_logs:
+        from deepbandit.data.io import write_parquet_atomic
+
+        for name, tables in logs.items():
+            write_parquet_atomic(pa.concat_tables(tables), out / "logs" / f"{name}.parquet")
+    result["logs"] = {n: pa.concat_tables(t) for n, t in logs.items()} if cfg.keep_logs else {}
+    if cfg.plots:
+        plot_loop(result, out)
+    payload = {k: v for k, v in result.items() if k != "logs"}
+    tmp = out / ".loop.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(out / "loop.json")
+    return result
+
+
+def plot_loop(result: dict, out: Path) -> list[Path]:
+    """cumulative_regret.png and take_rate.png in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = result["requests_per_round"]
+    x = np.arange(1, result["n_rounds"] + 1) * n
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, a in result["agents"].items():
+        ax.plot(x, a["cumulative_regret"], marker="o", ms=3, label=name)
+    ax.set(
+        title=f"Cumulative regret vs oracle ({result['environment']})",
+        xlabel="requests",
+        ylabel="cumulative expected regret",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(out / "cumulative_regret.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(x, result["oracle"], "k--", label="oracle")
+    for name, a in result["agents"].items():
+        ax.plot(x, a["expected_take_rate"], marker="o", ms=3, label=name)
+    ax.set(
+        title=f"Take fraction per round ({result['environment']}; expected reward of the shown image)",
+        xlabel="requests",
+        ylabel="take fraction",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(out / "take_rate.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def summary_table(result: dict):
+    """A rich table: total regret, mean expected take rate, last-round take rate, seconds per agent."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"closed loop on {result['environment']}: {result['n_rounds']} rounds x "
+        f"{result['requests_per_round']} requests (oracle {np.mean(result['oracle']):.4f})"
+    )
+    for col in ("agent", "total regret", "take (expected)", "last round", "seconds"):
+        table.add_column(col, justify="left" if col == "agent" else "right")
+    for name, a in sorted(result["agents"].items(), key=lambda kv: kv[1]["total_regret"]):
+        table.add_row(
+            name,
+            f"{a['total_regret']:.1f}",
+            f"{a['mean_expected_take_rate']:.4f}",
+            f"{a['expected_take_rate'][-1]:.4f}",
+            f"{result['seconds']['per_agent'][name]:.1f}",
+        )
+    return table
