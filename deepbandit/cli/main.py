@@ -12,6 +12,7 @@ import sys
 
 # subcommand -> (module, one-line help). Modules are imported lazily: `deepbandit --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "pipeline": ("deepbandit.cli.pipeline", "the whole job on the simulator: simulate, train, evaluate, export, serve"),
     "simulate": ("deepbandit.cli.simulate", "simulate the artwork world and write logs as Parquet"),
     "validate": ("deepbandit.cli.validate", "validate a dataset against the log contract"),
     "import-obd": ("deepbandit.cli.import_obd", "convert the Open Bandit Dataset into the log contract"),
