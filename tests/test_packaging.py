@@ -22,7 +22,9 @@ def test_every_config_file_is_shipped_in_the_wheel():
     globs = pyproject["tool"]["setuptools"]["package-data"]["deepbandit.conf"]
     configs = sorted(p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml"))
     assert configs, "conf/ holds no yaml"
-    unmatched = [c for c in configs if not any(fnmatch.fnmatch(c, g) and c.count("/") == g.count("/") for g in globs)]
+    unmatched = [
+        c for c in configs if not any(fnmatch.fnmatch(c, g) and c.count("/") == g.count("/") for g in globs)
+    ]
     assert not unmatched, f"add package-data globs for {unmatched}"
 
 

@@ -12,14 +12,20 @@ import sys
 
 # subcommand -> (module, one-line help). Modules are imported lazily: `deepbandit --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "pipeline": ("deepbandit.cli.pipeline", "the whole job on the simulator: simulate, train, evaluate, export, serve"),
+    "pipeline": (
+        "deepbandit.cli.pipeline",
+        "the whole job on the simulator: simulate, train, evaluate, export, serve",
+    ),
     "simulate": ("deepbandit.cli.simulate", "simulate the artwork world and write logs as Parquet"),
     "validate": ("deepbandit.cli.validate", "validate a dataset against the log contract"),
     "import-obd": ("deepbandit.cli.import_obd", "convert the Open Bandit Dataset into the log contract"),
     "train": ("deepbandit.cli.train", "train a deep contextual bandit on logged impressions"),
     "sweep-report": ("deepbandit.cli.sweep_report", "rank the runs of a hyperparameter sweep"),
     "evaluate": ("deepbandit.cli.evaluate", "off-policy evaluation report of policies on logged data"),
-    "loop": ("deepbandit.cli.loop", "closed-loop simulation: serve, log, retrain, redeploy; regret per agent"),
+    "loop": (
+        "deepbandit.cli.loop",
+        "closed-loop simulation: serve, log, retrain, redeploy; regret per agent",
+    ),
     "export": ("deepbandit.cli.export", "export a trained model to ONNX with manifest and Triton repository"),
 }
 

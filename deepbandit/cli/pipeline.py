@@ -81,8 +81,13 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
     step("train")
     train_cfg = _step_config(
         "train",
-        [*cfg.train, f"data.path={data_dir}", f"out_dir={train_dir}", f"trainer.seed={cfg.seed}",
-         "data.validate=false"],  # validated just above
+        [
+            *cfg.train,
+            f"data.path={data_dir}",
+            f"out_dir={train_dir}",
+            f"trainer.seed={cfg.seed}",
+            "data.validate=false",
+        ],  # validated just above
     )
     result["train"] = train_model(train_cfg, out_dir=train_dir)
     console.print(train.metrics_table(result["train"]))
@@ -133,7 +138,9 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
         f"{result['serve']['decided']:,} decisions in {seconds * 1e3:.0f} ms ({result['serve']['propensity_kind']})",
     )
     console.print(table)
-    console.print(f"report: {report_dir / 'report.md'}  plots: {report_dir}/*.png  ONNX: {export_dir / 'model.onnx'}")
+    console.print(
+        f"report: {report_dir / 'report.md'}  plots: {report_dir}/*.png  ONNX: {export_dir / 'model.onnx'}"
+    )
     return result
 
 
