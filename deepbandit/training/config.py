@@ -1,0 +1,127 @@
+"""Typed training config: the ``train_schema`` dataclass tree registered in Hydra's ConfigStore.
+
+Groups (``conf/<group>/*.yaml``): data, model, uncertainty, loss, policy, trainer, experiment,
+hparams_search. A misspelt key or a wrong type fails when the config is composed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from hydra.core.config_store import ConfigStore
+
+from deepbandit.losses.objectives import ObjectiveConfig
+from deepbandit.models.uncertainty import UncertaintyConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the logs are and how they are split in time.
+
+    path: a dataset root in the contract layout (impressions/, images.parquet, titles.parquet, and for
+    simulated data world.npz). Validation rows are the last ``val_fraction`` of the time range, or every row
+    at or after ``split_at`` (ISO date/time, UTC) when given. ``resident``: hold each split as tensors on the
+    training device and draw batches there (true), stream Parquet record batches (false), or decide by
+    ``resident_max_rows`` (null).
+    """
+
+    path: str = "???"
+    val_fraction: float = 0.2
+    split_at: str | None = None
+    max_history: int = 64
+    resident: bool | None = None
+    resident_max_rows: int = 20_000_000
+    stream_batch_rows: int = 65_536  # Parquet rows read and converted at once on the streaming path
+    num_workers: int = 0  # streaming loader workers
+    validate: bool = True  # validate_dataset(path, mode="strict") before training
+
+
+@dataclass
+class ModelGroupConfig:
+    """``ModelConfig`` without the vocabulary sizes (filled from the fitted vocabularies at run time).
+
+    ``hidden`` is ModelConfig.hidden_dim (short so that ``model.hidden=64,256`` sweeps read naturally).
+    """
+
+    hidden: int = 128
+    tower_dim: int = 64
+    head_dim: int = 128
+    id_dim: int = 32
+    dropout: float = 0.0
+    last_layer_dropout: float = 0.0
+    pooling: str = "mean"
+    image_id_hash_buckets: int = 0
+
+
+@dataclass
+class LossConfig(ObjectiveConfig):
+    """ObjectiveConfig (``name``, ``clip``, ...) plus the label transform of ``reward_targets``."""
+
+    transform: str = "identity"
+    threshold: float = 0.5
+
+    def objective(self) -> ObjectiveConfig:
+        return ObjectiveConfig(**{f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)})
+
+
+@dataclass
+class PolicyConfig:
+    """The exploration policy validation reports beside greedy and export uses: thompson | epsilon_greedy
+    | softmax | greedy. ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
+
+    name: str = "thompson"
+    epsilon: float = 0.0
+    temperature: float = 1.0
+    n_samples: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 5
+    batch_size: int = 1024  # global batch: split evenly over DDP ranks
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    gradient_clip_val: float | None = None
+    precision: str = "32-true"  # "bf16-mixed" on GPUs
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several processes
+    compile: bool = False
+    seed: int = 0
+    logger: str = "csv"  # csv | tensorboard | mlflow | none
+    monitor: str = "val/snips_greedy"  # metric whose maximum ModelCheckpoint keeps
+    ckpt_path: str | None = None  # resume from this Lightning checkpoint
+    progress: bool = True
+    log_every_n_steps: int = 50
+    deterministic: bool = False
+    val_interval: str = "normal"  # interval on the validation estimates: normal | bootstrap | none
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelGroupConfig = field(default_factory=ModelGroupConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = "train"  # experiment name (logger run name)
+    out_dir: str | None = None  # run directory; the CLI uses Hydra's
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, node in (
+        ("data", DataConfig),
+        ("model", ModelGroupConfig),
+        ("uncertainty", UncertaintyConfig),
+        ("loss", LossConfig),
+        ("policy", PolicyConfig),
+        ("trainer", TrainerConfig),
+    ):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+register()

@@ -1,0 +1,276 @@
+"""``train(cfg) -> dict``: validate the logs, split them in time, fit, write ``model.pt`` and ``metrics.json``.
+
+When the dataset is simulated (``world.npz`` beside it), the metrics also hold the *true* value of the
+trained greedy policy on the validation rows next to random, best-unpersonalised and oracle, overall and by
+``prior_interaction``, and on the rows with at least two images never shown in the training window
+("cold start": the model's pick among the new images against a uniform pick).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from deepbandit.data.tensors import ImpressionBatch
+from deepbandit.data.validation import validate_dataset
+from deepbandit.data.world import World, candidates_from_impressions, contexts_from_impressions
+from deepbandit.models.bundle import ModelBundle
+from deepbandit.models.encoders import ModelConfig
+from deepbandit.training.callbacks import FiniteLossCheck, StreamEpoch, TrueValueMonitor
+from deepbandit.training.config import TrainConfig
+from deepbandit.training.datamodule import BanditDataModule
+from deepbandit.training.module import BanditModule, model_inputs
+
+log = logging.getLogger(__name__)
+
+
+def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """A TrainConfig from a composed DictConfig (validated through the schema) or as is."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    return OmegaConf.to_object(merged)
+
+
+def model_config(cfg: TrainConfig, dm: BanditDataModule) -> ModelConfig:
+    m, v = cfg.model, dm.vocabs
+    return ModelConfig(
+        n_titles=len(v.title) - 2,
+        n_countries=len(v.country) - 2,
+        n_languages=len(v.language) - 2,
+        n_devices=len(v.device) - 2,
+        n_images=len(v.image) - 2,
+        n_genres=dm.title_genres.shape[1],
+        embedding_dim=dm.image_table.dim,
+        member_features_dim=dm.member_features_dim,
+        id_dim=m.id_dim,
+        tower_dim=m.tower_dim,
+        hidden_dim=m.hidden,
+        head_dim=m.head_dim,
+        dropout=m.dropout,
+        last_layer_dropout=m.last_layer_dropout,
+        pooling=m.pooling,
+        image_id_hash_buckets=m.image_id_hash_buckets,
+    )
+
+
+def _logger(cfg: TrainConfig, out_dir: Path):
+    kind = cfg.trainer.logger
+    if kind == "none":
+        return False
+    if kind == "csv":
+        return L.pytorch.loggers.CSVLogger(out_dir, name="logs")
+    if kind == "tensorboard":
+        return L.pytorch.loggers.TensorBoardLogger(out_dir, name="logs")
+    if kind == "mlflow":
+        return L.pytorch.loggers.MLFlowLogger(experiment_name=cfg.name, save_dir=str(out_dir / "mlruns"))
+    raise ValueError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
+
+
+def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None) -> L.Trainer:
+    t = cfg.trainer
+    best = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", monitor=t.monitor, mode="max", save_top_k=1, filename="best-{epoch}"
+    )
+    # Lightning's save_last only copies when a top-k checkpoint is written; resuming needs every epoch's
+    last = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        monitor=None,
+        save_top_k=1,
+        filename="last",
+        enable_version_counter=False,
+    )
+    return L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val,
+        logger=_logger(cfg, out_dir),
+        callbacks=[best, last, FiniteLossCheck(), StreamEpoch(), *(callbacks or [])],
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        default_root_dir=out_dir,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # our loaders shard themselves (same global batches on any world size)
+    )
+
+
+@torch.no_grad()
+def point_logits(module: BanditModule, batch: ImpressionBatch, chunk: int = 16_384) -> np.ndarray:
+    """(B, A) float32 point logits of the trained model on a CPU batch, in eval mode."""
+    model = module.model.eval().cpu()
+    module.lookup.cpu()
+    out = [
+        model(**model_inputs(batch[slice(s, s + chunk)], module.lookup)) for s in range(0, len(batch), chunk)
+    ]
+    return torch.cat(out).float().numpy()
+
+
+def true_values(world: World, table: pa.Table, logits: np.ndarray, train_images: np.ndarray) -> dict:
+    """Exact values (simulator ground truth) on the rows of ``table``: the model's greedy choice against
+    random / best unpersonalised / oracle, overall and by prior_interaction, and on cold-start rows."""
+    contexts = contexts_from_impressions(table)
+    cand, mask = candidates_from_impressions(table)
+    logits = logits[:, : cand.shape[1]]
+    q = world.expected_reward(contexts, cand)
+    rows = np.arange(len(cand))
+    greedy = np.where(mask, logits, -np.inf).argmax(1)
+    best = world.best_unpersonalised_action(contexts, cand)
+    per_row = {
+        "greedy": q[rows, greedy],
+        "random": q.sum(1) / mask.sum(1),
+        "best_unpersonalised": q[rows, best],
+        "oracle": np.where(mask, q, -np.inf).max(1),
+    }
+    prior = contexts.prior_interaction.astype(bool)
+    out = {}
+    for split, sel in (("all", np.ones(len(cand), bool)), ("prior_interaction_true", prior),
+                       ("prior_interaction_false", ~prior)):  # fmt: skip
+        out[split] = {"rows": int(sel.sum())} | {
+            k: float(v[sel].mean()) if sel.any() else math.nan for k, v in per_row.items()
+        }
+        d = per_row["greedy"][sel] - per_row["best_unpersonalised"][sel]
+        out[split]["greedy_minus_best_unpersonalised_se"] = (
+            float(d.std(ddof=1) / np.sqrt(max(len(d), 1))) if len(d) > 1 else math.nan
+        )
+    # cold start: candidates never offered in the training window; rows with >= 2 of them
+    new = mask & ~np.isin(cand, train_images)
+    cold = new.sum(1) >= 2
+    if cold.any():
+        qc, nc = q[cold], new[cold]
+        pick = np.where(nc, logits[cold], -np.inf).argmax(1)
+        model_v = qc[np.arange(len(qc)), pick]
+        random_v = (qc * nc).sum(1) / nc.sum(1)
+        d = model_v - random_v
+        out["cold_start"] = {
+            "rows": int(cold.sum()),
+            "model": float(model_v.mean()),
+            "random": float(random_v.mean()),
+            "oracle": float(np.where(nc, qc, -np.inf).max(1).mean()),
+            "model_minus_random_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan,
+        }
+    else:
+        out["cold_start"] = {"rows": 0}
+    return out
+
+
+def _package_version() -> str:
+    try:
+        return version("deepbandit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, float | np.floating):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def train(
+    cfg: DictConfig | TrainConfig, out_dir: str | Path | None = None, callbacks: list | None = None
+) -> dict:
+    """Train on ``cfg.data.path`` and write ``<out_dir>/model.pt`` and ``metrics.json``; return the metrics.
+
+    Raises ValidationError (file, column, row) on invalid logs, TrainingDataError on logs that cannot train
+    (every reward 0, propensity 1 everywhere, an empty split), NonFiniteLossError on a NaN/inf loss.
+    """
+    cfg = typed_config(cfg)
+    out = Path(out_dir or cfg.out_dir or "outputs/train")
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(cfg.data.path)
+    started = time.perf_counter()
+    if cfg.data.validate:
+        validate_dataset(root, mode="strict")
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    dm = BanditDataModule(cfg.data, cfg.trainer.batch_size, seed=cfg.trainer.seed)
+    dm.prepare()
+    model_cfg = model_config(cfg, dm)
+    torch.manual_seed(cfg.trainer.seed)  # weights depend on the seed only, not on what ran before
+    module = BanditModule(
+        model_cfg,
+        cfg.uncertainty,
+        cfg.loss,
+        cfg.policy,
+        cfg.trainer,
+        dm.image_table.embedding,
+        dm.title_genres,
+    )
+    callbacks = list(callbacks or [])
+    world_path = root / "world.npz"
+    world = World.load(world_path) if world_path.exists() else None
+    train_images = pc.unique(pc.list_flatten(dm.train_table.column("candidate_image_ids"))).to_numpy()
+    monitor = None
+    if world is not None:
+        monitor = TrueValueMonitor(
+            lambda logits: true_values(world, dm.val_table, logits, train_images),
+            dm.batch_of(dm.val_table),
+            model_inputs,
+        )
+        callbacks.append(monitor)
+    trainer = build_trainer(cfg, out, callbacks)
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.trainer.ckpt_path)
+    fit_seconds = time.perf_counter() - fit_start
+    if trainer.global_rank != 0:
+        return {}
+
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint.best_model_path:  # the bundle holds the best weights by the monitored policy value
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    metrics: dict = {
+        "val": dict(module.val_metrics),  # the last epoch's
+        "val_history": module.val_history,
+        "monitor": cfg.trainer.monitor,
+        "best_checkpoint": checkpoint.best_model_path or None,
+        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "rows": {"train": dm.train_table.num_rows, "val": dm.val_table.num_rows},
+        "split_at": dm.split_iso,
+        "train_impressions_per_s": dm.train_table.num_rows * trainer.current_epoch / max(fit_seconds, 1e-9),
+    }
+    if world is not None:
+        logits = point_logits(module, dm.batch_of(dm.val_table))
+        metrics["true"] = true_values(world, dm.val_table, logits, train_images)
+        metrics["true_history"] = monitor.history  # per validation, for the weights of that epoch
+    metrics["seconds"] = time.perf_counter() - started
+    metrics = _jsonable(metrics)
+    ts = dm.train_table.column("timestamp")
+    bundle = ModelBundle.from_model(
+        module.model, model_cfg, cfg.uncertainty, dm.vocabs, dm.image_table.embedding, dm.title_genres,
+        meta={
+            "train_window": [pc.min(ts).as_py().isoformat(), pc.max(ts).as_py().isoformat()],
+            "split_at": dm.split_iso,
+            "metrics": metrics,
+            "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+            "policy": asdict(cfg.policy),
+            "version": _package_version(),
+        },
+    )  # fmt: skip
+    bundle.save(out / "model.pt")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("trained %d steps in %.1f s -> %s", trainer.global_step, fit_seconds, out)
+    return metrics

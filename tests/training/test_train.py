@@ -1,0 +1,243 @@
+"""Training end to end on tiny simulated worlds with known truth (fixed seeds, CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
+from deepbandit.cli import sweep_report
+from deepbandit.data.simulator import simulate
+from deepbandit.data.tensors import ImpressionBatch
+from deepbandit.models.bundle import ModelBundle
+from deepbandit.training.callbacks import NonFiniteLossError
+from deepbandit.training.config import DataConfig, ModelGroupConfig, TrainConfig, TrainerConfig
+from deepbandit.training.datamodule import ResidentLoader, TrainingDataError
+from deepbandit.training.train import train
+
+# A tiny world with a strong, learnable artwork effect: few titles (many impressions per image), a large
+# artwork effect, theme tastes mostly explained by genre tastes (visible through viewing histories), and
+# most non-first images launching during the timeline (cold-start rows in the validation window).
+STRONG = ["world.n_titles=16", "world.artwork_scale=2.0", "world.theme_taste_std=0.5", "world.history_mean=12",
+          "world.new_image_fraction=0.9", "world.images_min=3", "world.images_mean=5"]  # fmt: skip
+
+
+def _simulate(out, policy: str, n: int, seed: int = 0, overrides: list[str] = ()):
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        c = compose(
+            "simulate",
+            overrides=["world=tiny", f"logging_policy={policy}", f"n_impressions={n}", f"out_dir={out}",
+                       "progress=false", f"seed={seed}", *overrides],
+        )  # fmt: skip
+    simulate(OmegaConf.to_object(c))
+    return out
+
+
+@pytest.fixture(scope="module")
+def uniform_data(tmp_path_factory):
+    return _simulate(tmp_path_factory.mktemp("uniform"), "uniform", 50_000, overrides=STRONG)
+
+
+def _cfg(path, buckets: int = 0, **trainer) -> TrainConfig:
+    t = {"max_epochs": 2, "batch_size": 512, "lr": 3e-3, "progress": False, "logger": "none"} | trainer
+    model = ModelGroupConfig(hidden=32, tower_dim=16, head_dim=32, id_dim=8, image_id_hash_buckets=buckets)
+    return TrainConfig(data=DataConfig(path=str(path)), model=model, trainer=TrainerConfig(**t))
+
+
+@pytest.fixture(scope="module")
+def trained(uniform_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = _cfg(uniform_data, max_epochs=6, lr=5e-3)
+    cfg.data.val_fraction = 0.3
+    return out, train(cfg, out_dir=out)
+
+
+@pytest.mark.slow
+def test_greedy_learns_personalisation_where_artwork_matters_most(trained):
+    t = trained[1]["true"]
+    for split in ("all", "prior_interaction_true", "prior_interaction_false"):
+        s = t[split]
+        assert s["random"] < s["greedy"] < s["oracle"], (split, s)
+    # members new to the title gain more from the learned policy over the best single image
+    gain = {
+        s: t[s]["greedy"] - t[s]["best_unpersonalised"]
+        for s in ("prior_interaction_true", "prior_interaction_false")
+    }
+    se = {s: t[s]["greedy_minus_best_unpersonalised_se"] for s in gain}
+    assert gain["prior_interaction_false"] - gain["prior_interaction_true"] > 2 * np.hypot(*se.values()), (
+        gain,
+        se,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reached yet on this small CPU budget: greedy 0.2601 vs best unpersonalised 0.2608 overall "
+    "(+0.0034, 1.5 se, on prior_interaction=false); see docs_training.md",
+)
+def test_greedy_clearly_beats_the_best_unpersonalised_image(trained):
+    s = trained[1]["true"]["all"]
+    assert s["greedy"] - s["best_unpersonalised"] > 3 * s["greedy_minus_best_unpersonalised_se"], s
+
+
+@pytest.mark.slow
+def test_new_images_scored_through_embeddings_beat_random(trained):
+    cold = trained[1]["true"]["cold_start"]
+    assert cold["rows"] >= 30, cold
+    assert cold["model"] - cold["random"] > 2 * cold["model_minus_random_se"], cold
+
+
+@pytest.mark.slow
+def test_run_writes_bundle_and_metrics(trained):
+    out, m = trained
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == m["global_step"]
+    bundle = ModelBundle.load(out / "model.pt")
+    assert bundle.meta["metrics"]["rows"] == m["rows"]
+    assert bundle.build_model() is not None
+    # validation reported off-policy values with intervals that contain the point estimate
+    v = m["val"]
+    assert v["val/snips_greedy_lower"] <= v["val/snips_greedy"] <= v["val/snips_greedy_upper"]
+    assert m["best_score"] == pytest.approx(max(h["val/snips_greedy"] for h in m["val_history"]))
+
+
+def test_resident_loader_same_global_batches_on_any_world_size():
+    n = 103
+    fields = {
+        f: torch.arange(n)
+        for f in ImpressionBatch.__dataclass_fields__
+        if f not in ("action_dist", "member_features")
+    }
+    data = ImpressionBatch(**fields)
+    one = [rows for _, rows in ResidentLoader(data, 10, shuffle=True, seed=3, epoch_fn=lambda: 1)]
+    two = [
+        [
+            rows
+            for _, rows in ResidentLoader(
+                data, 10, shuffle=True, seed=3, epoch_fn=lambda: 1, rank=r, world_size=2
+            )
+        ]
+        for r in (0, 1)
+    ]
+    for i, rows in enumerate(one):
+        assert sorted(torch.cat([two[0][i], two[1][i]]).tolist()) == sorted(rows.tolist())
+    other_epoch = [rows for _, rows in ResidentLoader(data, 10, shuffle=True, seed=3, epoch_fn=lambda: 2)]
+    assert not torch.equal(torch.cat(one), torch.cat(other_epoch))
+    assert sorted(torch.cat(one).tolist()) == list(range(n))
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return _simulate(tmp_path_factory.mktemp("small"), "epsilon_greedy", 6_000, seed=1)
+
+
+def test_resume_continues_exactly(small_data, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(small_data, max_epochs=2, batch_size=512), out_dir=straight)
+    first = tmp_path / "resumed"
+    train(_cfg(small_data, max_epochs=1, batch_size=512), out_dir=first)
+    m = train(
+        _cfg(small_data, max_epochs=2, batch_size=512, ckpt_path=str(first / "checkpoints" / "last.ckpt")),
+        out_dir=first,
+    )
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == m["global_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for k in sa:
+        assert torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"])
+
+
+def _rewrite(root, column: str, value):
+    path = next((root / "impressions").glob("*.parquet"))
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    table = table.set_column(
+        i, table.schema.field(i), pa.array(np.full(table.num_rows, value), table.schema.field(i).type)
+    )
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("reward", 0.0, "nothing to learn: every logged reward is 0"),
+        ("propensity", 1.0, "propensity is 1 on every row"),
+    ],
+)
+def test_bad_data_stops_with_a_clear_message(small_data, tmp_path, column, value, message):
+    root = tmp_path / "data"
+    shutil.copytree(small_data, root)
+    _rewrite(root, column, value)
+    with pytest.raises(TrainingDataError, match=message):
+        train(_cfg_no_validate(root), out_dir=tmp_path / "out")
+
+
+def _cfg_no_validate(root) -> TrainConfig:
+    cfg = _cfg(root, max_epochs=1)
+    cfg.data.validate = False  # propensity 1 with action_dist != 1 would fail validation first
+    return cfg
+
+
+def test_invalid_logs_fail_validation_naming_the_column(small_data, tmp_path):
+    from deepbandit.data.validation import ValidationError
+
+    root = tmp_path / "data"
+    shutil.copytree(small_data, root)
+    _rewrite(root, "propensity", 1.5)
+    with pytest.raises(ValidationError, match="propensity"):
+        train(_cfg(root, max_epochs=1), out_dir=tmp_path / "out")
+
+
+class _Diverge(L.Callback):
+    """Corrupts one weight before the third step (batch 2), as a diverged optimiser would."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 2:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("inf"))
+
+
+def test_non_finite_loss_stops_the_run(small_data, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="global step 3, batch 2"):
+        train(_cfg(small_data, max_epochs=1), out_dir=tmp_path, callbacks=[_Diverge()])
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_typo_fails_at_compose_time_and_sweep_example_composes():
+    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
+
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data.path=x", "model.hidden=64", "loss.clip=10"])
+        assert cfg.model.hidden == 64 and cfg.loss.clip == 10
+        with pytest.raises(Exception, match="hiden"):
+            compose("train", overrides=["data.path=x", "model.hiden=64"])
+        with pytest.raises(Exception, match="max_epochs"):
+            compose("train", overrides=["data.path=x", "trainer.max_epochs=many"])
+
+
+def test_sweep_report_ranks_runs(tmp_path):
+    for i, (value, lo, hi) in enumerate([(0.1, 0.08, 0.12), (0.3, 0.25, 0.35), (0.2, 0.1, 0.3)]):
+        run = tmp_path / str(i)
+        run.mkdir()
+        hist = [{"val/snips_greedy": value, "val/snips_greedy_lower": lo, "val/snips_greedy_upper": hi}]
+        (run / "metrics.json").write_text(
+            json.dumps({"monitor": "val/snips_greedy", "val": hist[0], "val_history": hist})
+        )
+    rows = sweep_report.run(tmp_path)
+    assert [r["run"] for r in rows] == ["1", "2", "0"]
+    assert rows[0]["lower"] == 0.25
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        sweep_report.run(tmp_path / "empty")
