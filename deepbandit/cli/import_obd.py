@@ -1,7 +1,7 @@
 """`deepbandit import-obd`: convert one (policy, campaign) of the Open Bandit Dataset into the log contract.
 
-    deepbandit import-obd source=/path/to/open_bandit_dataset policy=random campaign=all
-    deepbandit import-obd -m source=... policy=random,bts campaign=all,men,women   # all six, one per job
+    deepbandit import-obd source=/path/to/open_bandit_dataset behavior_policy=random campaign=all
+    deepbandit import-obd -m source=... behavior_policy=random,bts campaign=all,men,women   # all six, one per job
 
 Each run writes one dataset to ``out_dir`` (default ``data/obd/<policy>/<campaign>``) and logs a summary
 with the take rate (mean click) of the behaviour policy. docs_obd.md describes the mapping.
@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class ImportObdConfig:
     source: str = MISSING  # OBD root: holds <policy>/<campaign>/<campaign>.csv and item_context.csv
-    policy: str = "random"  # random | bts
+    behavior_policy: str = "random"  # random | bts (OBD's behaviour policy; `policy` names the exploration group)
     campaign: str = "all"  # all | men | women
-    out_dir: str = "data/obd/${policy}/${campaign}"  # relative to the working directory
+    out_dir: str = "data/obd/${behavior_policy}/${campaign}"  # relative to the working directory
     max_candidates: int | None = None  # None: the contract's MAX_CANDIDATES
     overwrite: bool = False  # replace an earlier import in out_dir
 
@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> dict:
     """Import and return the summary (counts, take rate and its standard error, feature names)."""
     summary = import_obd(
         cfg.source,
-        cfg.policy,
+        cfg.behavior_policy,
         cfg.campaign,
         cfg.out_dir,
         max_candidates=cfg.max_candidates,
@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
     )
     log.info(
         "OBD %s/%s -> %s: %d impressions, %d items x %d positions, %d member profiles",
-        cfg.policy,
+        cfg.behavior_policy,
         cfg.campaign,
         summary["out_dir"],
         summary["n_impressions"],
@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
     )
     log.info(
         "take rate of the %s policy (mean click): %.5f +- %.5f (1 s.e.); by position: %s",
-        cfg.policy,
+        cfg.behavior_policy,
         summary["take_rate"],
         summary["take_rate_se"],
         ", ".join(f"{p}: {r['take_rate']:.5f}" for p, r in summary["take_rate_by_position"].items()),

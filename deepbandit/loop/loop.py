@@ -10,6 +10,7 @@ reward of the chosen image): expected, not sampled, so it carries no reward nois
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +35,12 @@ from deepbandit.loop.environments import (
     Requests,
     chosen_ids,
 )
+from deepbandit.loop.vw_agent import VowpalWabbitAgent, VWConfig, vw_available
 from deepbandit.policies import Decisions
 
-AGENTS = ("random", "unpersonalised_ts", "linucb", "deep_greedy", "deep_epsilon", "deep_thompson")
+log = logging.getLogger(__name__)
+
+AGENTS = ("random", "unpersonalised_ts", "linucb", "deep_greedy", "deep_epsilon", "deep_thompson", "vw")
 ENVIRONMENTS = ("artwork", "digits")
 
 
@@ -54,6 +58,7 @@ class LoopConfig:
     ts_samples: int = 32  # posterior draws per request of the unpersonalised Thompson bandit
     linucb_alpha: float = 0.5
     deep: DeepConfig = field(default_factory=DeepConfig)
+    vw: VWConfig = field(default_factory=VWConfig)  # the vw agent (skipped when vowpalwabbit is missing)
     seed: int = 0
     out_dir: str = "loop"
     keep_logs: bool = True  # write each agent's logged impressions as Parquet
@@ -86,7 +91,8 @@ def make_environment(cfg: LoopConfig) -> Environment:
 
 
 def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Path) -> list[Any]:
-    """The agents named in ``cfg.agents``, in that order."""
+    """The agents named in ``cfg.agents``, in that order; "vw" is skipped, with a logged note, when
+    ``vowpalwabbit`` does not import."""
     devices = sorted(set(first.table.column("device").to_pylist()))
     n_images = int(np.asarray(env.images_table().column("image_id")).max()) + 1
     featurizer = None
@@ -101,6 +107,13 @@ def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Pa
         elif name.startswith("deep_"):
             featurizer = featurizer or Featurizer(env, first)
             agents.append(DeepAgent(name[5:], featurizer, cfg.deep, cfg.seed * 101 + k, work_dir / "exports"))
+        elif name == "vw":
+            if vw_available():
+                agents.append(VowpalWabbitAgent(env, devices, cfg.vw, cfg.seed * 101 + k))
+            else:
+                log.warning(
+                    "agent 'vw' skipped: vowpalwabbit is not installed (pip install 'deepbandit[vw]')"
+                )
     return agents
 
 

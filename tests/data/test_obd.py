@@ -327,7 +327,7 @@ def _compose(overrides: list[str]):
 
 def test_cli_reports_take_rate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     src = write_obd(tmp_path / "obd", "random", campaign="men", n_rows=500, seed=9)
-    cfg = _compose([f"source={tmp_path / 'obd'}", "policy=random", "campaign=men"])
+    cfg = _compose([f"source={tmp_path / 'obd'}", "behavior_policy=random", "campaign=men"])
     assert cfg.out_dir == "data/obd/random/men"  # the default follows policy and campaign
     cfg.out_dir = str(tmp_path / "out")
     with caplog.at_level(logging.INFO, logger="deepbandit.cli.import_obd"):
@@ -389,7 +389,7 @@ def test_real_sample_passes_validation(tmp_path: Path, policy: str, campaign: st
 @needs_obd
 def test_real_random_take_rate_from_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The CLI summary reports the on-policy take rate of the uniform random logs (mean click) with its s.e."""
-    cfg = _compose([f"source={_obd_dir()}", "policy=random", "campaign=all", f"out_dir={tmp_path / 'out'}"])
+    cfg = _compose([f"source={_obd_dir()}", "behavior_policy=random", "campaign=all", f"out_dir={tmp_path / 'out'}"])
     with caplog.at_level(logging.INFO, logger="deepbandit.cli.import_obd"):
         summary = cli.run(cfg)
     mean, n = _mean_click(_obd_dir() / "random" / "all" / "all.csv")
