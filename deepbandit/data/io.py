@@ -49,6 +49,12 @@ Source = str | os.PathLike | ds.Dataset
 ShardStrategy = Literal["balanced", "round_robin"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **write_options) -> Path:
     """Write ``table`` to ``path`` so that a crash never leaves a half-written file behind.
 
@@ -59,6 +65,8 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **write_optio
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give the finished file the mode a plain open() would (0666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as sink:
             pq.write_table(table, sink, **write_options)
             sink.flush()

@@ -407,3 +407,19 @@ def test_read_images_and_titles(tmp_path):
     assert io.read_titles(tmp_path / "titles.parquet").equals(titles)
     with pytest.raises(ValueError, match="holds a 'images' table, expected 'titles'"):
         io.read_titles(tmp_path / "images.parquet")
+
+
+def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):
+    # mkstemp's private 0600 must not leak into datasets other users or services read
+    import os
+
+    import pyarrow as pa
+
+    from deepbandit.data.io import write_parquet_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_parquet_atomic(pa.table({"a": [1]}), tmp_path / "t.parquet")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
