@@ -4,7 +4,7 @@
     deepbandit evaluate dataset=data/sim bundle=outputs/2026-01-01/12-00-00/model.pt model_policy=thompson
 
 Writes report.md, report.json and PNG plots into the run directory (``out_dir``) and prints a summary
-table. docs_evaluation_reports.md explains how to read them.
+table. docs/evaluation.md explains how to read them.
 """
 
 from __future__ import annotations

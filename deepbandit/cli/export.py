@@ -5,7 +5,7 @@
         policy.name=thompson policy.kind=ensemble policy.min_propensity=0.01
 
 Runs the onnxruntime-vs-torch parity check before writing the manifest (a failing check writes none) and
-prints it. docs_serving.md describes the files and how serving reads them.
+prints it. docs/export-and-serving.md describes the files and how serving reads them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     deepbandit import-obd -m source=... behavior_policy=random,bts campaign=all,men,women   # all six, one per job
 
 Each run writes one dataset to ``out_dir`` (default ``data/obd/<policy>/<campaign>``) and logs a summary
-with the take rate (mean click) of the behaviour policy. docs_obd.md describes the mapping.
+with the take rate (mean click) of the behaviour policy. docs/open-bandit-dataset.md describes the mapping.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`deepbandit loop`: the closed loop over an environment (artwork world or digits), see docs_loop.md.
+"""`deepbandit loop`: the closed loop over an environment (artwork world or digits), see docs/loop.md.
 
 deepbandit loop world=tiny n_rounds=5 requests_per_round=2000
 deepbandit loop environment=digits agents=[random,linucb,deep_thompson] deep.serve=torch

@@ -1,4 +1,4 @@
-"""`deepbandit train`: train the artwork scorer on logged impressions (see docs_training.md).
+"""`deepbandit train`: train the artwork scorer on logged impressions (see docs/training.md).
 
     deepbandit train data.path=data/sim
     deepbandit train data.path=data/sim uncertainty=ensemble trainer=gpu

@@ -3,7 +3,7 @@
     deepbandit validate dataset=data/sim                        # strict: exit 1 at the first problem
     deepbandit validate dataset=data/sim mode=quarantine        # bad rows to <run dir>/quarantine, counts
 
-Prints a table of rows read, kept and quarantined per file and per reason. docs_validation.md lists every
+Prints a table of rows read, kept and quarantined per file and per reason. docs/log-contract.md lists every
 check; `deepbandit.data.validation` does the work.
 """
 

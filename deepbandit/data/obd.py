@@ -3,7 +3,7 @@
 OBD (Saito et al., 2021) ships one folder per behaviour policy and campaign,
 ``<source>/<policy>/<campaign>/<campaign>.csv`` (one row per impression) beside ``item_context.csv`` (one row
 per item). One import turns one (policy, campaign) into one dataset in the layout of ``schema.py``. The
-mapping, and why each choice was made, is in ``docs_obd.md``; in short:
+mapping, and why each choice was made, is in ``docs/open-bandit-dataset.md``; in short:
 
 - title = display position (1..3); image = (position, item) with ``image_id = position * 1000 + item_id``;
   candidates = every item of the campaign at the impression's position; chosen = the logged item.

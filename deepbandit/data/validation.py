@@ -16,7 +16,7 @@ Problems come in two kinds:
   contract's column order.
 
 Rows are numbered from 0 within their file. Nothing is clamped, coerced or dropped silently: the only type
-changes made are the lossless ones listed in ``docs_validation.md`` (e.g. ``large_string`` to ``string``,
+changes made are the lossless ones listed in ``docs/log-contract.md`` (e.g. ``large_string`` to ``string``,
 ``int32`` ids to ``int64``), applied by Arrow's safe casts.
 
 Every check is vectorised with pyarrow.compute/numpy; list columns are checked through their flattened

@@ -63,7 +63,7 @@ INTERVAL_METHODS = ("bootstrap", "normal")
 
 @dataclass(frozen=True)
 class Diagnostics:
-    """How far to trust an estimate (see docs_evaluation_estimators.md for how to read these).
+    """How far to trust an estimate (see docs/evaluation.md for how to read these).
 
     Weights are the raw importance weights w_i = pi(a_i | x_i) / pscore_i, before any clipping.
     """

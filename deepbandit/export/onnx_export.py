@@ -158,7 +158,7 @@ def export_graph(
             output_names=outputs,
             dynamic_axes=dynamic,
             opset_version=opset,
-            dynamo=False,  # the legacy tracer: fast, and verified with dynamic axes (docs_models.md)
+            dynamo=False,  # the legacy tracer: fast, and verified with dynamic axes (docs/models-and-losses.md)
         )
     os.replace(tmp, path)
     return path

@@ -67,7 +67,7 @@ class UnpersonalisedThompson:
     The chance that an image's posterior draw is the largest has no closed form, so ``n_samples`` S
     draws per request estimate it; the action is drawn from exactly that share (``Thompson`` on the
     (B, S, A) draws), logged as ``mc_estimate:S``: exact given the draws, which are independent of the
-    rewards (the same argument as for MC dropout in docs_policies.md).
+    rewards (the same argument as for MC dropout in docs/policies.md).
     """
 
     name = "unpersonalised_ts"

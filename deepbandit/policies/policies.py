@@ -108,7 +108,7 @@ class Thompson(Policy):
     draw on that share is the same procedure in distribution and the logged propensity is exact.
     kind="mc_dropout": the S samples are M dropout passes; the share estimates the posterior probability
     that each candidate is best, and the propensity is logged as "mc_estimate:M". The action is still drawn
-    from exactly the logged share, so the propensity is exact given the dropout masks; see docs_policies.md.
+    from exactly the logged share, so the propensity is exact given the dropout masks; see docs/policies.md.
 
     Instead of the samples, ``decide`` and ``action_dist`` also take their winners (B, S) int: each sample's
     argmax, first position among ties, e.g. an ArgMax computed inside the exported model so that the host
