@@ -1,6 +1,6 @@
 """Batched inference from an export folder with numpy and onnxruntime only (no torch, no Lightning).
 
-See ``service.ArtworkService`` and docs_serving.md.
+See ``service.ArtworkService`` and docs/export-and-serving.md.
 """
 
 from deepbandit.serving.features import RequestBatch
