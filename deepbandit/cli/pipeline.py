@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineConfig:
-    n_impressions: int = 200_000
+    n_impressions: int = 60_000
     seed: int = 0
     simulate: list[str] = field(default_factory=list)
     train: list[str] = field(default_factory=list)
