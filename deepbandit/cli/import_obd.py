@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ImportObdConfig:
     source: str = MISSING  # OBD root: holds <policy>/<campaign>/<campaign>.csv and item_context.csv
-    behavior_policy: str = "random"  # random | bts (OBD's behaviour policy; `policy` names the exploration group)
+    # OBD's behaviour policy, random | bts (`policy` is the name of the exploration config group)
+    behavior_policy: str = "random"
     campaign: str = "all"  # all | men | women
     out_dir: str = "data/obd/${behavior_policy}/${campaign}"  # relative to the working directory
     max_candidates: int | None = None  # None: the contract's MAX_CANDIDATES

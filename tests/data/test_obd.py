@@ -389,7 +389,9 @@ def test_real_sample_passes_validation(tmp_path: Path, policy: str, campaign: st
 @needs_obd
 def test_real_random_take_rate_from_cli(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The CLI summary reports the on-policy take rate of the uniform random logs (mean click) with its s.e."""
-    cfg = _compose([f"source={_obd_dir()}", "behavior_policy=random", "campaign=all", f"out_dir={tmp_path / 'out'}"])
+    cfg = _compose(
+        [f"source={_obd_dir()}", "behavior_policy=random", "campaign=all", f"out_dir={tmp_path / 'out'}"]
+    )
     with caplog.at_level(logging.INFO, logger="deepbandit.cli.import_obd"):
         summary = cli.run(cfg)
     mean, n = _mean_click(_obd_dir() / "random" / "all" / "all.csv")
