@@ -83,7 +83,7 @@ def test_greedy_learns_personalisation_where_artwork_matters_most(trained):
 @pytest.mark.xfail(
     strict=True,
     reason="not reached yet on this small CPU budget: greedy 0.2601 vs best unpersonalised 0.2608 overall "
-    "(+0.0034, 1.5 se, on prior_interaction=false); see docs_training.md",
+    "(+0.0034, 1.5 se, on prior_interaction=false); see docs/training.md",
 )
 def test_greedy_clearly_beats_the_best_unpersonalised_image(trained):
     s = trained[1]["true"]["all"]
