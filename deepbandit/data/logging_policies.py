@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.world import US_PER_S, Contexts, World
 
 POLICIES = ("uniform", "epsilon_greedy", "softmax")
@@ -85,22 +86,6 @@ def sample_segments(dist: np.ndarray, offsets: np.ndarray, u: np.ndarray) -> np.
     return chosen
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 arrays: a fast, well-mixed, stateless hash."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def hash_uniform(seed: int, *keys: np.ndarray) -> np.ndarray:
-    """A uniform in [0, 1) per row: a deterministic function of ``seed`` and the int64 keys (each (B,))."""
-    h = splitmix64(np.full(len(keys[0]), seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
-    for key in keys:
-        h = splitmix64(h ^ np.asarray(key, dtype=np.int64).view(np.uint64))
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
 class LoggingPolicy:
     """Base: ``action_dist`` gives the full distribution; ``draw_uniforms`` the draws that sample it."""
 
@@ -120,7 +105,7 @@ class LoggingPolicy:
         if hours <= 0:
             return rng.random(len(contexts))
         window = (contexts.timestamp - self.world.start_us) // int(hours * 3600 * US_PER_S)
-        return hash_uniform(self.seed, contexts.member_id, contexts.title_id, window)
+        return hash_uniform(self.seed & 0xFFFFFFFFFFFFFFFF, contexts.member_id, contexts.title_id, window)
 
 
 class UniformPolicy(LoggingPolicy):

@@ -17,7 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
-from deepbandit.data.logging_policies import LoggingPolicyConfig, hash_uniform
+from deepbandit.data.hashing import hash_uniform
+from deepbandit.data.logging_policies import LoggingPolicyConfig
 from deepbandit.data.schema import TITLES_SCHEMA, images_schema
 from deepbandit.data.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
 from deepbandit.data.world import (
@@ -106,7 +107,7 @@ def chosen_ids(requests: Requests, actions: np.ndarray) -> np.ndarray:
 def keyed_bernoulli(seed: int, requests: Requests, actions: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Bernoulli(p) rewards (B,) float64 whose uniforms are hash(seed, row_key, chosen image id)."""
     image = chosen_ids(requests, actions)
-    u = hash_uniform(seed ^ _REWARD_SALT, requests.row_key, image)
+    u = hash_uniform((seed ^ _REWARD_SALT) & 0xFFFFFFFFFFFFFFFF, requests.row_key, image)
     return (u < p).astype(np.float64)
 
 
