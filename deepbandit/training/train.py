@@ -1,7 +1,8 @@
 """``train(cfg) -> dict``: validate the logs, split them in time, fit, write ``model.pt`` and ``metrics.json``.
 
 When the dataset is simulated (``world.npz`` beside it), the metrics also hold the *true* value of the
-trained greedy policy on the validation rows next to random, best-unpersonalised and oracle, overall and by
+trained greedy policy on the validation rows next to random, the unpersonalised bandit learned from the same
+training rows, the best unpersonalised image and the oracle, overall and by
 ``prior_interaction``, and on the rows with at least two images never shown in the training window
 ("cold start": the model's pick among the new images against a uniform pick).
 """
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
 from deepbandit.data.world import World, candidates_from_impressions, contexts_from_impressions
+from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
 from deepbandit.training.callbacks import FiniteLossCheck, StreamEpoch, TrueValueMonitor
@@ -123,9 +125,22 @@ def point_logits(module: BanditModule, batch: ImpressionBatch, chunk: int = 16_3
     return torch.cat(out).float().numpy()
 
 
-def true_values(world: World, table: pa.Table, logits: np.ndarray, train_images: np.ndarray) -> dict:
+def true_values(
+    world: World,
+    table: pa.Table,
+    logits: np.ndarray,
+    train_images: np.ndarray,
+    train_rates: TakeRates | None = None,
+) -> dict:
     """Exact values (simulator ground truth) on the rows of ``table``: the model's greedy choice against
-    random / best unpersonalised / oracle, overall and by prior_interaction, and on cold-start rows."""
+    random, the unpersonalised bandit, the best unpersonalised image and the oracle, overall and by
+    prior_interaction, and on cold-start rows.
+
+    Two unpersonalised references: ``unpersonalised_bandit`` is what a per-image bandit learns from the
+    same training rows (per title the image with the best reweighted take rate, ``fit_take_rates``; uniform
+    where that image is not a candidate), ``best_unpersonalised`` is the world's truly best image per title
+    for the average member (infinite data: a bar no learner from finite logs is promised to clear).
+    """
     contexts = contexts_from_impressions(table)
     cand, mask = candidates_from_impressions(table)
     logits = logits[:, : cand.shape[1]]
@@ -139,6 +154,11 @@ def true_values(world: World, table: pa.Table, logits: np.ndarray, train_images:
         "best_unpersonalised": q[rows, best],
         "oracle": np.where(mask, q, -np.inf).max(1),
     }
+    baselines = ["best_unpersonalised"]
+    if train_rates is not None:
+        dist, _ = unpersonalised_action_dist(logged_rows(table, "validation rows"), train_rates)
+        per_row["unpersonalised_bandit"] = (q * dist).sum(1)
+        baselines.append("unpersonalised_bandit")
     prior = contexts.prior_interaction.astype(bool)
     out = {}
     for split, sel in (("all", np.ones(len(cand), bool)), ("prior_interaction_true", prior),
@@ -146,10 +166,11 @@ def true_values(world: World, table: pa.Table, logits: np.ndarray, train_images:
         out[split] = {"rows": int(sel.sum())} | {
             k: float(v[sel].mean()) if sel.any() else math.nan for k, v in per_row.items()
         }
-        d = per_row["greedy"][sel] - per_row["best_unpersonalised"][sel]
-        out[split]["greedy_minus_best_unpersonalised_se"] = (
-            float(d.std(ddof=1) / np.sqrt(max(len(d), 1))) if len(d) > 1 else math.nan
-        )
+        for name in baselines:  # paired: the same rows under both policies
+            d = per_row["greedy"][sel] - per_row[name][sel]
+            out[split][f"greedy_minus_{name}_se"] = (
+                float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan
+            )
     # cold start: candidates never offered in the training window; rows with >= 2 of them
     new = mask & ~np.isin(cand, train_images)
     cold = new.sum(1) >= 2
@@ -223,8 +244,9 @@ def train(
     train_images = pc.unique(pc.list_flatten(dm.train_table.column("candidate_image_ids"))).to_numpy()
     monitor = None
     if world is not None:
+        train_rates = fit_take_rates(logged_rows(dm.train_table, "training rows"))
         monitor = TrueValueMonitor(
-            lambda logits: true_values(world, dm.val_table, logits, train_images),
+            lambda logits: true_values(world, dm.val_table, logits, train_images, train_rates),
             dm.batch_of(dm.val_table),
             model_inputs,
         )
@@ -254,7 +276,7 @@ def train(
     }
     if world is not None:
         logits = point_logits(module, dm.batch_of(dm.val_table))
-        metrics["true"] = true_values(world, dm.val_table, logits, train_images)
+        metrics["true"] = true_values(world, dm.val_table, logits, train_images, train_rates)
         metrics["true_history"] = monitor.history  # per validation, for the weights of that epoch
     metrics["seconds"] = time.perf_counter() - started
     metrics = _jsonable(metrics)
