@@ -40,7 +40,8 @@ class StreamEpoch(L.Callback):
 
 class TrueValueMonitor(L.Callback):
     """On simulated data: log the exact (ground-truth) value of the greedy policy on the validation rows
-    after every validation, ``true/greedy`` and the gain over the best unpersonalised image. Diagnostics
+    after every validation, ``true/greedy`` and the gains over the best unpersonalised image and over the
+    unpersonalised bandit learned from the training rows. Diagnostics
     only (the checkpoint still selects by the off-policy estimate, as it must on real logs).
 
     ``evaluate(logits (B, A)) -> dict`` computes the values; it is built by ``train`` from the world.
@@ -58,3 +59,7 @@ class TrueValueMonitor(L.Callback):
         self.history.append({"epoch": trainer.current_epoch, **values})
         pl_module.log("true/greedy", values["greedy"])
         pl_module.log("true/gain_over_unpersonalised", values["greedy"] - values["best_unpersonalised"])
+        if "unpersonalised_bandit" in values:
+            pl_module.log(
+                "true/gain_over_unpersonalised_bandit", values["greedy"] - values["unpersonalised_bandit"]
+            )

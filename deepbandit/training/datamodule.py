@@ -17,7 +17,8 @@ plain iterables, so Lightning's collate never touches an ImpressionBatch.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from deepbandit.data import io
@@ -34,6 +36,7 @@ from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.training.config import DataConfig
 
 _US = 1_000_000
+log = logging.getLogger(__name__)
 
 
 class TrainingDataError(ValueError):
@@ -129,6 +132,62 @@ class ResidentLoader:
         for start in range(0, n, self.batch_size):
             rows = order[start : start + self.batch_size][self.rank :: self.world_size]
             yield self.data[rows], rows
+
+
+class EvenBatches:
+    """Ends every DDP rank's epoch at the same step on the streaming path.
+
+    Ranks stream their own shards, balanced by rows only to within a row group, so they can hold different
+    numbers of batches; a rank that finished while others still step would leave them waiting in the
+    gradient all-reduce forever. Before each batch the ranks agree, with one all-reduce of a flag (MIN),
+    that every one of them has a batch; the batches left on the longer shards are skipped for this epoch,
+    counted (``skipped_batches``, ``skipped_rows``, cumulative) and reported in a warning. Each epoch reads
+    the shards' row groups in a new order, so different rows are left out. Without an initialised process
+    group of more than one process it passes the loader through untouched.
+    """
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self.dataset = getattr(loader, "dataset", None)  # StreamEpoch sets the epoch on it
+        self.skipped_batches = 0
+        self.skipped_rows = 0
+
+    def __iter__(self) -> Iterator:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            yield from self.loader
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        batches = iter(self.loader)
+        steps = 0
+        while True:
+            item = next(batches, None)
+            every_rank_has_one = torch.tensor([int(item is not None)], device=device)
+            dist.all_reduce(every_rank_has_one, op=dist.ReduceOp.MIN)
+            if every_rank_has_one.item():
+                steps += 1
+                yield item
+                continue
+            left = ([] if item is None else [item]) + list(batches)
+            rows = sum(len(batch) for batch, _ in left)
+            left_everywhere = torch.tensor([rows], device=device)
+            dist.all_reduce(left_everywhere)  # every rank learns the same total, so all raise or none does
+            if steps == 0 and left_everywhere.item() > 0:
+                raise TrainingDataError(
+                    f"streaming DDP over {dist.get_world_size()} processes: at least one rank's shard of the "
+                    f"training split is empty while others hold {int(left_everywhere.item())} rows, so no "
+                    "step could run. Shards are whole Parquet row groups: write the impressions with more, "
+                    "smaller row groups (at least one per process), or use the resident path "
+                    "(data.resident=true) when the split fits in device memory"
+                )
+            if left:
+                self.skipped_batches += len(left)
+                self.skipped_rows += rows
+                log.warning(
+                    "rank %d: skipped its last %d batch(es) (%d rows) this epoch so that every DDP rank "
+                    "takes the same number of steps (streaming shards differ by up to a row group)",
+                    dist.get_rank(), len(left), rows,
+                )  # fmt: skip
+            return
 
 
 class _KeyedStream(torch.utils.data.IterableDataset):
@@ -233,7 +292,7 @@ class BanditDataModule(L.LightningDataModule):
                 rank=rank,
                 world_size=world,
             )
-        return self._stream(end=self.split_us, batch_rows=self.batch_size // world, shuffle=True)
+        return EvenBatches(self._stream(end=self.split_us, batch_rows=self.batch_size // world, shuffle=True))
 
     def val_dataloader(self):
         # Every rank evaluates the whole validation split (policy values need all rows; it is small next
@@ -268,6 +327,7 @@ class BanditDataModule(L.LightningDataModule):
 
 __all__ = [
     "BanditDataModule",
+    "EvenBatches",
     "ResidentLoader",
     "TrainingDataError",
     "check_learnable",

@@ -24,6 +24,33 @@ from deepbandit.training.train import train
 TOLERANCE = 1e-3
 
 
+def even_batches_worker(
+    rank: int, world_size: int, init_file: str, rows: list[list[int]], out_dir: str
+) -> None:
+    """One process of an ``EvenBatches`` check (``torch.multiprocessing.spawn`` target): rank r streams
+    batches of ``rows[r]`` rows and writes what it stepped on and skipped to ``<out_dir>/rank<r>.json``."""
+    import torch.distributed as dist
+
+    from deepbandit.training.datamodule import EvenBatches
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        loader = EvenBatches([(torch.zeros(n), None) for n in rows[rank]])
+        stepped = []
+        for batch, _ in loader:
+            total = torch.tensor([float(len(batch))])
+            dist.all_reduce(total)  # what a DDP gradient all-reduce does every step: every rank must join
+            stepped.append(len(batch))
+        result = {
+            "stepped": stepped,
+            "skipped_batches": loader.skipped_batches,
+            "skipped_rows": loader.skipped_rows,
+        }
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
 def config(data: str, processes: int) -> TrainConfig:
     return TrainConfig(
         data=DataConfig(path=data, validate=False),

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -83,6 +84,9 @@ def _logger(cfg: TrainConfig, out_dir: Path):
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None) -> L.Trainer:
     t = cfg.trainer
+    # Validation metrics are computed by every rank over the whole validation split, so they are already
+    # identical everywhere; Lightning's advice to reduce them across ranks does not apply.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*", module="lightning")
     best = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out_dir / "checkpoints", monitor=t.monitor, mode="max", save_top_k=1, filename="best-{epoch}"
     )

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -88,3 +89,39 @@ def test_sweep_from_the_command_line_then_sweep_report_ranks_its_runs(tiny_logs,
     # the table lists runs best first: the best value's row comes before every other value's row
     rows = [line for line in report.stdout.splitlines() if "model.hidden=" in line]
     assert len(rows) == 4 and f"{best:.4f}" in rows[0], report.stdout
+
+
+def _even_batches_on_two_ranks(tmp_path, rows: list[list[int]]) -> list[dict]:
+    """Spawn two gloo ranks streaming batches of ``rows[r]`` rows through EvenBatches; their reports."""
+    import torch.multiprocessing as mp
+
+    from deepbandit.training.ddp_check import even_batches_worker
+
+    context = mp.start_processes(
+        even_batches_worker, args=(2, str(tmp_path / "init"), rows, str(tmp_path)), nprocs=2, join=False,
+        start_method="spawn",
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # a hang (a rank left waiting in the all-reduce) fails, not blocks
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish: one is waiting in an all-reduce the other never joins")
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_streaming_ranks_with_unequal_shards_stop_at_the_same_step(tmp_path):
+    out = _even_batches_on_two_ranks(tmp_path, [[64, 64, 64, 64, 10], [64, 64, 30]])
+    assert out[0]["stepped"] == [64, 64, 64] and out[1]["stepped"] == [64, 64, 30]
+    assert (out[0]["skipped_batches"], out[0]["skipped_rows"]) == (2, 74)
+    assert (out[1]["skipped_batches"], out[1]["skipped_rows"]) == (0, 0)
+
+
+def test_streaming_ddp_with_an_empty_shard_fails_clearly(tmp_path):
+    import torch.multiprocessing as mp
+
+    # one row group for two processes: rank 1 has nothing to stream
+    with pytest.raises(
+        mp.ProcessRaisedException, match="at least one rank's shard of the training split is empty"
+    ):
+        _even_batches_on_two_ranks(tmp_path, [[64, 64], []])
