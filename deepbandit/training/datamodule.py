@@ -100,7 +100,8 @@ class ResidentLoader:
 
     Iterating yields ``(batch[rows], rows)``. ``epoch_fn`` returns the current epoch (the permutation of
     epoch e is a pure function of (seed, e)); ``rank``/``world_size`` pick this process's part of every
-    global batch of ``batch_size`` rows.
+    global batch of ``batch_size`` rows. A last global batch of fewer rows than processes is skipped
+    (otherwise a rank would get an empty batch).
     """
 
     def __init__(
@@ -130,7 +131,12 @@ class ResidentLoader:
         else:
             order = torch.arange(n, device=device)
         for start in range(0, n, self.batch_size):
-            rows = order[start : start + self.batch_size][self.rank :: self.world_size]
+            global_rows = order[start : start + self.batch_size]
+            if len(global_rows) < self.world_size:
+                # a last global batch of fewer rows than processes would leave some rank an empty batch
+                # (a NaN mean loss); its few rows (< world_size) sit this epoch out
+                break
+            rows = global_rows[self.rank :: self.world_size]
             yield self.data[rows], rows
 
 
