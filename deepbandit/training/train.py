@@ -222,6 +222,13 @@ def train(
     (every reward 0, propensity 1 everywhere, an empty split), NonFiniteLossError on a NaN/inf loss.
     """
     cfg = typed_config(cfg)
+    if unused := cfg.loss.objective().unused_options():
+        log.warning(
+            "loss.%s has no effect: loss=%s weights nothing by the propensities unless "
+            "loss.importance_weight_reward=true (or a policy objective: loss=ips|snips|dr)",
+            ", loss.".join(unused),
+            cfg.loss.name,
+        )
     out = Path(out_dir or cfg.out_dir or "outputs/train")
     out.mkdir(parents=True, exist_ok=True)
     root = Path(cfg.data.path)

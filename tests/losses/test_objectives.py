@@ -77,7 +77,9 @@ def _batch(seed: int = 0):
     return logits, mask, action, target, pscore, member_weights
 
 
-def _np_reference(name, logits, mask, action, target, pscore, bootstrap, clip, self_norm, tau, rw, pw):
+def _np_reference(
+    name, logits, mask, action, target, pscore, bootstrap, clip, self_norm, tau, rw, pw, weighted
+):
     """Plain numpy reimplementation of every objective, element by element."""
     s, m, a, r, p, b = (t.double().numpy() for t in (logits, mask, action, target, pscore, bootstrap))
     a = a.astype(int)
@@ -98,7 +100,7 @@ def _np_reference(name, logits, mask, action, target, pscore, bootstrap, clip, s
             e = np.exp(s[i, j, valid] / tau - (s[i, j, valid] / tau).max())
             pi[i, j, valid] = e / e.sum()
     iw = w[:, None] * b
-    reward_loss = (iw * bce).sum() / (n * k)
+    reward_loss = ((iw if weighted else b) * bce).sum() / (n * k)
     pi_a = pi[np.arange(n), :, a]  # (n, k)
     if name == "reward":
         return rw * reward_loss
@@ -119,7 +121,8 @@ def _np_reference(name, logits, mask, action, target, pscore, bootstrap, clip, s
     ("clip", "self_norm", "tau", "members"),
     [(None, False, 1.0, False), (4.0, True, 0.5, True), (2.0, False, 3.0, True)],
 )
-def test_objectives_match_plain_reference_formulas(name, clip, self_norm, tau, members):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_objectives_match_plain_reference_formulas(name, clip, self_norm, tau, members, weighted):
     logits, mask, action, target, pscore, member_weights = _batch()
     if not members:
         logits, member_weights = logits[:, 0], None
@@ -130,12 +133,13 @@ def test_objectives_match_plain_reference_formulas(name, clip, self_norm, tau, m
         temperature=tau,
         reward_weight=0.7,
         policy_weight=1.3,
+        importance_weight_reward=weighted,
         validate=True,
     )
     out = compute_loss(cfg, logits, mask, action, target, pscore, member_weights)
     s = logits if members else logits.unsqueeze(1)
     b = member_weights if members else torch.ones(B, 1)
-    ref = _np_reference(name, s, mask, action, target, pscore, b, clip, self_norm, tau, 0.7, 1.3)
+    ref = _np_reference(name, s, mask, action, target, pscore, b, clip, self_norm, tau, 0.7, 1.3, weighted)
     assert out["loss"].item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert {"loss", "reward_loss", "ess", "ess_fraction", "clipped_fraction", "max_weight"} <= set(out)
     assert ("policy_loss" in out) == (name != "reward")
@@ -151,14 +155,14 @@ def test_weighted_cross_entropy_by_hand():
         torch.tensor([1.0, 0.0, 1.0]),
         torch.tensor([0.5, 0.25, 0.1]),
     )
-    out = compute_loss(ObjectiveConfig(clip=5.0), logits, mask, action, target, pscore)
+    out = compute_loss(
+        ObjectiveConfig(clip=5.0, importance_weight_reward=True), logits, mask, action, target, pscore
+    )
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     by_hand = (2 * -math.log(sig(-1.0)) + 4 * -math.log(1 - sig(2.0)) + 5 * -math.log(sig(-0.7))) / 3
     assert out["loss"].item() == pytest.approx(by_hand, rel=1e-6)
     assert out["clipped_fraction"].item() == pytest.approx(1 / 3)
-    unweighted = compute_loss(
-        ObjectiveConfig(clip=5.0, importance_weight_reward=False), logits, mask, action, target, pscore
-    )
+    unweighted = compute_loss(ObjectiveConfig(clip=5.0), logits, mask, action, target, pscore)  # the default
     plain = (-math.log(sig(-1.0)) - math.log(1 - sig(2.0)) - math.log(sig(-0.7))) / 3
     assert unweighted["loss"].item() == pytest.approx(plain, rel=1e-6)
 
@@ -337,3 +341,17 @@ def test_trained_model_greedy_choice_beats_random(name):
     # the oracle gap is ~0.4 here and training closes ~95% of it; an untrained or context-blind model
     # closes about none of it (device decides the best image), so 80% leaves room without being loose
     assert value - random > 0.8 * (oracle - random), (value, random, oracle)
+
+
+@pytest.mark.parametrize(
+    ("options", "unused"),
+    [
+        ({}, []),
+        ({"clip": 10.0}, ["clip=10.0"]),
+        ({"clip": 10.0, "self_normalise": True}, ["clip=10.0", "self_normalise=True"]),
+        ({"clip": 10.0, "importance_weight_reward": True}, []),
+        ({"name": "dr", "clip": 10.0}, []),  # the policy term is always weighted
+    ],
+)
+def test_options_the_objective_never_reads_are_named(options, unused):
+    assert ObjectiveConfig(**options).unused_options() == unused

@@ -70,6 +70,11 @@ def test_sweep_from_the_command_line_then_sweep_report_ranks_its_runs(tiny_logs,
     )  # fmt: skip
     metrics = sorted(sweep_dir.rglob("metrics.json"))
     assert len(metrics) == 4, metrics
+    # the default loss (unweighted regression) never reads loss.clip: every run's log says so
+    logs = [(p.parent / "train.log").read_text() for p in metrics]
+    assert all("loss.clip=10.0 has no effect" in t or "loss.clip=100.0 has no effect" in t for t in logs), (
+        logs
+    )
     overrides = set()
     for path in metrics:
         m = json.loads(path.read_text())
