@@ -21,10 +21,8 @@ Usage: python scripts/bench_data.py [--sizes 1000000 10000000] [--out benchmarks
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from machine import machine
 
 BATCH_ROWS = 65_536
 MAX_HISTORY = 20
@@ -315,29 +314,6 @@ def run_child(phase: str, *args) -> dict:
 # --- orchestration -------------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    import torch
-
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -358,7 +334,7 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_data_"))
     result = {
-        "machine": machine(),
+        "machine": machine(pyarrow=pa.__version__),
         "settings": {"batch_rows": BATCH_ROWS, "max_history": MAX_HISTORY, "plain_rows": PLAIN_ROWS},
         "load_average_start": os.getloadavg(),
         "runs": [],

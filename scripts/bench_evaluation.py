@@ -13,16 +13,15 @@ Writes benchmarks/evaluation.json with the machine's description. Usage:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 from tqdm.auto import tqdm
 
 from deepbandit.evaluation.estimators import DM, DR, IPS, SNDR, SNIPS, OffPolicyEstimator, Replay, SwitchDR
@@ -181,27 +180,6 @@ def bench_numpy(logs: dict[str, np.ndarray], n_bootstrap: int) -> dict[str, dict
             value_bootstrap_rows_per_s=n / t_boot,
         )
     return out
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(
-        platform=platform.platform(),
-        python=platform.python_version(),
-        cpu_model=cpu,
-        cpu_count=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        numpy=np.__version__,
-        cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        load_average=os.getloadavg(),  # other work on the machine skews every figure
-        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
 
 
 def main() -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 
 from deepbandit.data.vocab import FeatureVocabs, Vocab
 from deepbandit.export.onnx_export import ExportModule, export_bundle, input_names, sample_inputs
@@ -108,36 +107,10 @@ def request_table(bundle: ModelBundle, batch: int, seed: int = 0):
     )
 
 
-def machine() -> dict:
+def _machine() -> dict:
     import onnxruntime as ort
 
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": platform.processor() or _cpu_model(),
-        "cpu_count": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": ort.__version__,
-        "onnxruntime_providers": ort.get_available_providers(),
-        "numpy": np.__version__,
-        # other jobs on the machine skew every number: record how busy it was
-        "load_average_1m_5m_15m": list(os.getloadavg()),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return machine(onnxruntime=ort.__version__, onnxruntime_providers=ort.get_available_providers())
 
 
 def bench_device(bundle, export_dir: Path, device: str, sizes: list[int], seconds: float) -> dict:
@@ -186,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = make_bundle()
     result: dict = {
-        "machine": machine(),
+        "machine": _machine(),
         "n_candidates": N_CANDIDATES,
         "history": HISTORY,
         "model_config": {},

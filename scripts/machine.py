@@ -8,7 +8,6 @@ import platform
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def cpu_model() -> str:
@@ -26,6 +25,8 @@ def machine(**extra: object) -> dict[str, object]:
 
     ``extra`` adds fields of the benchmark's own (onnxruntime providers, pyarrow version, ...).
     """
+    import torch  # here, so that benchmarks whose workers never touch torch do not load it
+
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -11,20 +11,59 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FiniteLossCheck(L.Callback):
-    """Raise as soon as a training loss is NaN or infinite, naming the epoch, step and batch.
+    """Stop the run on a NaN or infinite training loss, naming the epoch, step and batch.
 
-    One scalar host sync per step (the progress bar pays for one anyway). The optimiser has already applied
-    the bad step, but the run stops before the next one and before any checkpoint of the broken weights.
+    Each step folds "this loss is not finite" into a flag on the loss's device, which costs no host sync;
+    the host reads the flag every ``every_n_steps`` steps, before every validation and at the end of every
+    epoch. With 1 (the CPU default) the run stops right after the first bad step; with N > 1
+    (``trainer=gpu``: a sync per step would stall a GPU that runs ahead of the host) up to N bad steps may
+    have been applied first. Either
+    way the run stops before any checkpoint of the broken weights: those are saved when validation ends,
+    or at the epoch's end after the other callbacks' (Lightning runs ModelCheckpoint last).
     """
+
+    def __init__(self, every_n_steps: int = 1):
+        if every_n_steps < 1:
+            raise ValueError(f"trainer.finite_check_every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._bad: torch.Tensor | None = None  # any non-finite loss since the last read
+        self._unread = 0  # steps folded into the flag since the last read
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            raise NonFiniteLossError(
-                f"non-finite training loss {loss.item()} at epoch {trainer.current_epoch}, global step "
-                f"{trainer.global_step}, batch {batch_idx}; check learning rate, importance-weight clipping "
-                "(loss.clip) and the data (propensities near 0)"
-            )
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._bad = bad if self._bad is None else self._bad | bad
+        self._unread += 1
+        if self._unread >= self.every_n_steps:
+            self._read(trainer, batch_idx, loss)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # validation (and the checkpoint saved when it ends) runs inside the training epoch, before its end
+        if self._unread:
+            self._read(trainer, None, None)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._unread:
+            self._read(trainer, None, None)
+
+    def _read(self, trainer: L.Trainer, batch_idx: int | None, loss: torch.Tensor | None) -> None:
+        bad, n = bool(self._bad), self._unread
+        self._bad, self._unread = None, 0
+        if not bad:
+            return
+        where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        if batch_idx is not None:
+            where += f", batch {batch_idx}"
+        if n == 1 and loss is not None:
+            what = f"non-finite training loss {loss.item()} at {where}"
+        else:
+            what = f"a non-finite training loss in the {n} steps up to {where}"
+        raise NonFiniteLossError(
+            f"{what}; check learning rate, importance-weight clipping (loss.clip) and the data "
+            "(propensities near 0)"
+        )
 
 
 class StreamEpoch(L.Callback):

@@ -93,7 +93,9 @@ class TrainerConfig:
     monitor: str = "val/snips_greedy"  # metric whose maximum ModelCheckpoint keeps
     ckpt_path: str | None = None  # resume from this Lightning checkpoint
     progress: bool = True
+    progress_every_n_steps: int = 1  # progress bar refresh (each refresh reads the loss: a host sync)
     log_every_n_steps: int = 50
+    finite_check_every_n_steps: int = 1  # how often the host reads the non-finite-loss flag (FiniteLossCheck)
     deterministic: bool = False
     val_interval: str = "normal"  # interval on the validation estimates: normal | bootstrap | none
 

@@ -98,6 +98,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         filename="last",
         enable_version_counter=False,
     )
+    progress = (
+        [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=t.progress_every_n_steps)] if t.progress else []
+    )
     return L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -107,7 +110,14 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         precision=t.precision,
         gradient_clip_val=t.gradient_clip_val,
         logger=_logger(cfg, out_dir),
-        callbacks=[best, last, FiniteLossCheck(), StreamEpoch(), *(callbacks or [])],
+        callbacks=[
+            best,
+            last,
+            FiniteLossCheck(t.finite_check_every_n_steps),
+            StreamEpoch(),
+            *progress,
+            *(callbacks or []),
+        ],  # fmt: skip
         enable_progress_bar=t.progress,
         enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps,

@@ -227,10 +227,23 @@ class _Diverge(L.Callback):
                 next(pl_module.model.parameters()).fill_(float("inf"))
 
 
-def test_non_finite_loss_stops_the_run(small_data, tmp_path):
-    with pytest.raises(NonFiniteLossError, match="global step 3, batch 2"):
-        train(_cfg(small_data, max_epochs=1), out_dir=tmp_path, callbacks=[_Diverge()])
+@pytest.mark.parametrize(
+    ("every_n_steps", "message"),
+    [
+        (1, "non-finite training loss (nan|inf) at epoch 0, global step 3, batch 2;"),
+        (4, "a non-finite training loss in the 4 steps up to epoch 0, global step 4, batch 3;"),
+        (
+            10_000,
+            r"a non-finite training loss in the \d+ steps up to epoch 0, global step \d+;",
+        ),  # before validation
+    ],
+)
+def test_non_finite_loss_stops_the_run_before_any_checkpoint(small_data, tmp_path, every_n_steps, message):
+    cfg = _cfg(small_data, max_epochs=2, finite_check_every_n_steps=every_n_steps)
+    with pytest.raises(NonFiniteLossError, match=message):
+        train(cfg, out_dir=tmp_path, callbacks=[_Diverge()])
     assert not (tmp_path / "model.pt").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_typo_fails_at_compose_time_and_sweep_example_composes():
@@ -274,3 +287,44 @@ def test_seeded_runs_are_reproducible_on_cpu_and_log_to_csv(small_data, tmp_path
     # the CSV logger wrote the training loss and the validation policy values
     csv = next((tmp_path / "a" / "logs").rglob("metrics.csv")).read_text()
     assert "val/snips_greedy" in csv and "train/" in csv
+
+
+def _gpu_trainer_config(data, accelerator: str) -> TrainConfig:
+    """conf/trainer/gpu.yaml (bf16 autocast, compiled loss step, rare host reads), sized for tiny data."""
+    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
+    from deepbandit.training.train import typed_config
+
+    overrides = [f"data.path={data}", "trainer=gpu", f"trainer.accelerator={accelerator}", "trainer.batch_size=512",
+                 "trainer.max_epochs=1", "trainer.logger=none", "trainer.progress=false", "model=small", "out_dir=null"]  # fmt: skip
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        cfg = typed_config(compose("train", overrides=overrides))
+    assert (
+        cfg.trainer.precision == "bf16-mixed"
+        and cfg.trainer.compile
+        and cfg.trainer.finite_check_every_n_steps > 1
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_gpu_trainer_config_code_paths_run_on_cpu(small_data, tmp_path):
+    """The GPU config's paths (bf16 autocast, torch.compile, flag read every 50 steps) on the CPU, so a
+    break in them shows up without a GPU."""
+    m = train(_gpu_trainer_config(small_data, "cpu"), out_dir=tmp_path)
+    assert m["global_step"] == -(-m["rows"]["train"] // 512)
+    assert np.isfinite(m["val"]["val/logloss"]) and 0 < m["val"]["val/snips_greedy"] < 1, m["val"]
+    bundle = ModelBundle.load(tmp_path / "model.pt")
+    assert all(torch.isfinite(p).all() for p in bundle.build_model().parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_trainer_config_on_a_gpu_matches_fp32_on_cpu(small_data, tmp_path):
+    """trainer=gpu on a real GPU (resident device tensors, bf16, compiled step) learns what fp32 on the CPU
+    learns from the same rows and seed: the same steps, and a validation log loss within 0.02."""
+    gpu = train(_gpu_trainer_config(small_data, "gpu"), out_dir=tmp_path / "gpu")
+    cpu_cfg = _gpu_trainer_config(small_data, "cpu")
+    cpu_cfg.trainer.precision, cpu_cfg.trainer.compile = "32-true", False
+    cpu = train(cpu_cfg, out_dir=tmp_path / "cpu")
+    assert gpu["global_step"] == cpu["global_step"] > 0
+    assert abs(gpu["val"]["val/logloss"] - cpu["val"]["val/logloss"]) < 0.02, (gpu["val"], cpu["val"])

@@ -1,0 +1,49 @@
+"""The benchmark scripts still run end to end (tiny sizes, as subprocesses) and record the machine.
+
+Their numbers are measured by running them, not here: these tests only keep them from rotting.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run(script: str, out: Path, *args: str) -> dict:
+    cmd = [sys.executable, str(SCRIPTS / script), *args, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch"], report["machine"]
+    return report
+
+
+@pytest.mark.slow
+def test_bench_train_times_every_case_in_its_own_process(tmp_path):
+    report = _run("bench_train.py", tmp_path / "t.json", "--rows", "1500", "--steps", "2", "--batch", "256",
+                  "--precision", "32-true", "bf16-mixed")  # fmt: skip
+    cases = {(r["model"], r["path"], r["precision"]) for r in report["results"]}
+    assert len(cases) == 8, cases  # 2 models x 2 loaders x 2 precisions
+    for r in report["results"]:
+        assert r["impressions_per_s"] > 0 and r["steps"] == 2, r
+        assert r["rows"] == (3 + 2) * 256, r  # warm-up and timed steps, full batches only
+        assert r.get("peak_rss_growth_mb", r.get("peak_cuda_allocated_mb")) is not None, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "key"),
+    [
+        ("bench_data.py", ["--sizes", "1000"], "runs"),
+        ("bench_evaluation.py", ["--rows", "5000", "--n-bootstrap", "3"], "results"),
+        ("bench_serving.py", ["--sizes", "1", "16", "--seconds", "0.05", "--no-gpu"], "cpu"),
+    ],
+)
+def test_other_benchmarks_run_and_record_the_machine(tmp_path, script, args, key):
+    assert _run(script, tmp_path / "b.json", *args)[key]
