@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import resource
 import subprocess
@@ -167,7 +168,9 @@ def main() -> None:
         case = json.loads(args.case)
         print(json.dumps(run_case(**case, args=args)))
         return
-    results = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results, failed = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         sim = SimulateConfig(
             world=WorldConfig(**yaml.safe_load(TINY_WORLD.read_text())),
@@ -177,24 +180,27 @@ def main() -> None:
         )
         sim.logging_policy.name = "uniform"
         simulate(sim)
-        for model in args.models:
-            for precision in args.precision:
-                for compile_step in (False, True) if args.compile else (False,):
-                    for path in ("resident", "dataloader"):
-                        case = {"data_dir": tmp, "model": model, "path": path, "precision": precision,
-                                "compile_step": compile_step}  # fmt: skip
-                        cmd = [sys.executable, __file__, *sys.argv[1:], "--case", json.dumps(case)]
-                        done = subprocess.run(cmd, capture_output=True, text=True)
-                        if done.returncode:
-                            sys.exit(f"case {case} failed:\n{done.stderr}")
-                        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                        print(json.dumps(results[-1]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"machine": machine(), "simulated_rows": args.rows, "results": results}, indent=2)
-    )
+        compiles = (False, True) if args.compile else (False,)
+        for model, precision, compile_step, path in itertools.product(
+            args.models, args.precision, compiles, ("resident", "dataloader")
+        ):
+            case = {"data_dir": tmp, "model": model, "path": path, "precision": precision,
+                    "compile_step": compile_step}  # fmt: skip
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--case", json.dumps(case)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:  # keep going: one broken case (a compiler error, say) must not hide the rest
+                failed += 1
+                case.pop("data_dir")
+                results.append(case | {"error": done.stderr[-2000:]})
+            else:
+                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+            # written after every case, so that a run stopped at a time limit keeps what it measured
+            report = {"machine": machine(), "simulated_rows": args.rows, "results": results}
+            out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
+    if failed:
+        sys.exit(f"{failed} case(s) failed; their errors are in {out}")
 
 
 if __name__ == "__main__":
