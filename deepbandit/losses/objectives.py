@@ -118,8 +118,8 @@ class ObjectiveConfig:
     weights only add variance: on simulator logs (docs/training.md, scripts/compare_objectives.py) the
     unweighted regression's greedy policy was better in 5 of 6 runs, by up to 0.023 in true value on
     epsilon-greedy logs, whose rarely shown images carry weights near 25. Weighting can help a
-    misspecified model. The policy objectives'
-    terms are always weighted. temperature: of the softmax policy the policy objectives optimise.
+    misspecified model. The policy objectives' terms are always weighted. temperature: of the softmax
+    policy the policy objectives optimise.
     validate: check inputs every call (syncs; for debugging and the first batch).
     """
 

@@ -17,9 +17,9 @@ class FiniteLossCheck(L.Callback):
     the host reads the flag every ``every_n_steps`` steps, before every validation and at the end of every
     epoch. With 1 (the CPU default) the run stops right after the first bad step; with N > 1
     (``trainer=gpu``: a sync per step would stall a GPU that runs ahead of the host) up to N bad steps may
-    have been applied first. Either
-    way the run stops before any checkpoint of the broken weights: those are saved when validation ends,
-    or at the epoch's end after the other callbacks' (Lightning runs ModelCheckpoint last).
+    have been applied first. Either way the run stops before any checkpoint of the broken weights: those
+    are saved when validation ends, or at the epoch's end after the other callbacks' (Lightning runs
+    ModelCheckpoint last).
     """
 
     def __init__(self, every_n_steps: int = 1):

@@ -117,7 +117,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
             StreamEpoch(),
             *progress,
             *(callbacks or []),
-        ],  # fmt: skip
+        ],
         enable_progress_bar=t.progress,
         enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps,
