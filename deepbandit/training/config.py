@@ -66,11 +66,12 @@ class LossConfig(ObjectiveConfig):
 
 @dataclass
 class PolicyConfig:
-    """The exploration policy validation reports beside greedy and export uses: thompson | epsilon_greedy
-    | softmax | greedy. ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
+    """The exploration policy validation reports beside greedy and export serves: epsilon_greedy (the
+    default) | softmax | greedy | thompson (needs ``uncertainty=ensemble`` or ``mc_dropout``, see
+    ``check_exploration``). ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
 
-    name: str = "thompson"
-    epsilon: float = 0.0
+    name: str = "epsilon_greedy"
+    epsilon: float = 0.1
     temperature: float = 1.0
     n_samples: int | None = None
 
@@ -110,6 +111,34 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     name: str = "train"  # experiment name (logger run name)
     out_dir: str | None = None  # run directory; the CLI uses Hydra's
+
+
+POSTERIORS = ("ensemble", "mc_dropout")  # the uncertainty kinds whose posterior samples Thompson draws from
+
+
+def check_exploration(cfg: TrainConfig) -> list[str]:
+    """Refuse a Thompson policy on a model without a posterior (before any data is read); return warnings.
+
+    Thompson sampling draws from ``uncertainty``'s posterior: without one (``none``, or ``neural_linear``,
+    whose draws training does not use) it would silently be greedy, which logs propensity 1 and leaves the
+    next round of training nothing to learn from. Export serves Thompson from ensembles only (exact
+    propensities); MC-dropout Thompson is reported in validation but must be exported as another policy.
+    """
+    policy, kind = cfg.policy.name, cfg.uncertainty.kind
+    if policy != "thompson":
+        return []
+    if kind not in POSTERIORS:
+        raise ValueError(
+            f"policy=thompson needs a posterior to sample from: uncertainty=ensemble (served by export) or "
+            f"mc_dropout, got uncertainty={kind}. For a single model choose policy=epsilon_greedy (the "
+            "default), softmax or greedy."
+        )
+    if kind == "mc_dropout":
+        return [
+            "policy=thompson with uncertainty=mc_dropout: validation reports it, but export serves Thompson "
+            "from ensembles only; export this model with policy.name=epsilon_greedy, softmax or greedy"
+        ]
+    return []
 
 
 def register() -> None:

@@ -328,3 +328,31 @@ def test_gpu_trainer_config_on_a_gpu_matches_fp32_on_cpu(small_data, tmp_path):
     cpu = train(cpu_cfg, out_dir=tmp_path / "cpu")
     assert gpu["global_step"] == cpu["global_step"] > 0
     assert abs(gpu["val"]["val/logloss"] - cpu["val"]["val/logloss"]) < 0.02, (gpu["val"], cpu["val"])
+
+
+@pytest.mark.parametrize("kind", ["none", "neural_linear"])
+def test_thompson_without_a_posterior_is_refused_before_any_data_is_read(tmp_path, kind):
+    cfg = _cfg(tmp_path / "no-such-dataset")
+    cfg.policy.name, cfg.uncertainty.kind = "thompson", kind
+    with pytest.raises(ValueError, match=f"policy=thompson needs a posterior.*got uncertainty={kind}"):
+        train(cfg, out_dir=tmp_path / "out")
+
+
+def test_default_training_config_exports_an_exploring_policy():
+    """The defaults compose end to end: a default run's policy is one export can serve, and it explores
+    (propensities below 1 keep the next round's off-policy training possible)."""
+    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
+    from deepbandit.export.onnx_export import serving_policy
+    from deepbandit.models.uncertainty import UncertaintyConfig
+    from deepbandit.training.config import check_exploration
+    from deepbandit.training.train import typed_config
+
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        cfg = typed_config(compose("train", overrides=["data.path=x", "out_dir=null"]))
+    assert check_exploration(cfg) == [] and cfg.policy.name == "epsilon_greedy" and cfg.policy.epsilon > 0
+
+    class _Bundle:  # what serving_policy reads of a bundle
+        meta = {"policy": {"name": cfg.policy.name, "epsilon": cfg.policy.epsilon}}
+        uncertainty_cfg = UncertaintyConfig(kind=cfg.uncertainty.kind)
+
+    assert serving_policy(_Bundle()) == {"name": "epsilon_greedy", "epsilon": cfg.policy.epsilon}
