@@ -75,14 +75,20 @@ def _logger(cfg: TrainConfig, out_dir: Path):
         return False
     if kind == "csv":
         return L.pytorch.loggers.CSVLogger(out_dir, name="logs")
-    if kind == "tensorboard":
-        return L.pytorch.loggers.TensorBoardLogger(out_dir, name="logs")
-    if kind == "mlflow":
-        return L.pytorch.loggers.MLFlowLogger(experiment_name=cfg.name, save_dir=str(out_dir / "mlruns"))
+    try:
+        if kind == "tensorboard":
+            return L.pytorch.loggers.TensorBoardLogger(out_dir, name="logs")
+        if kind == "mlflow":
+            return L.pytorch.loggers.MLFlowLogger(experiment_name=cfg.name, save_dir=str(out_dir / "mlruns"))
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"trainer.logger={kind} needs its package: pip install 'deepbandit[{kind}]' ({e})"
+        ) from e
     raise ValueError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None, logger=None) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``; ``logger`` as built by ``_logger`` (built here if None)."""
     t = cfg.trainer
     # Validation metrics are computed by every rank over the whole validation split, so they are already
     # identical everywhere; Lightning's advice to reduce them across ranks does not apply.
@@ -109,7 +115,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         strategy=t.strategy,
         precision=t.precision,
         gradient_clip_val=t.gradient_clip_val,
-        logger=_logger(cfg, out_dir),
+        logger=_logger(cfg, out_dir) if logger is None else logger,
         callbacks=[
             best,
             last,
@@ -244,6 +250,7 @@ def train(
         )
     out = Path(out_dir or cfg.out_dir or "outputs/train")
     out.mkdir(parents=True, exist_ok=True)
+    logger = _logger(cfg, out)  # now, so that a logger whose package is missing fails before the data loads
     root = Path(cfg.data.path)
     started = time.perf_counter()
     if cfg.data.validate:
@@ -275,7 +282,7 @@ def train(
             model_inputs,
         )
         callbacks.append(monitor)
-    trainer = build_trainer(cfg, out, callbacks)
+    trainer = build_trainer(cfg, out, callbacks, logger)
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.trainer.ckpt_path)
     fit_seconds = time.perf_counter() - fit_start

@@ -356,3 +356,16 @@ def test_default_training_config_exports_an_exploring_policy():
         uncertainty_cfg = UncertaintyConfig(kind=cfg.uncertainty.kind)
 
     assert serving_policy(_Bundle()) == {"name": "epsilon_greedy", "epsilon": cfg.policy.epsilon}
+
+
+@pytest.mark.parametrize(
+    ("logger", "modules"), [("tensorboard", ("tensorboard", "tensorboardX")), ("mlflow", ("mlflow",))]
+)
+def test_a_logger_whose_package_is_missing_fails_before_the_data_is_read(tmp_path, logger, modules):
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) for m in modules):
+        pytest.skip(f"{logger} is installed here")
+    cfg = _cfg(tmp_path / "no-such-dataset", logger=logger)
+    with pytest.raises(ModuleNotFoundError, match=rf"trainer.logger={logger} needs .*deepbandit\[{logger}\]"):
+        train(cfg, out_dir=tmp_path / "out")
