@@ -68,7 +68,7 @@ class LossConfig(ObjectiveConfig):
 class PolicyConfig:
     """The exploration policy validation reports beside greedy and export serves: epsilon_greedy (the
     default) | softmax | greedy | thompson (needs ``uncertainty=ensemble`` or ``mc_dropout``, see
-    ``check_exploration``). ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
+    ``check_choices``). ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
 
     name: str = "epsilon_greedy"
     epsilon: float = 0.1
@@ -116,15 +116,27 @@ class TrainConfig:
 POSTERIORS = ("ensemble", "mc_dropout")  # the uncertainty kinds whose posterior samples Thompson draws from
 
 
-def check_exploration(cfg: TrainConfig) -> list[str]:
-    """Refuse a Thompson policy on a model without a posterior (before any data is read); return warnings.
+def check_choices(cfg: TrainConfig) -> list[str]:
+    """Refuse choices of policy, uncertainty and model that cannot work, before any data is read (the
+    scorer would only refuse them after the logs are loaded); return warnings for the ones that work in
+    training but not in serving.
 
     Thompson sampling draws from ``uncertainty``'s posterior: without one (``none``, or ``neural_linear``,
     whose draws training does not use) it would silently be greedy, which logs propensity 1 and leaves the
-    next round of training nothing to learn from. Export serves Thompson from ensembles only (exact
-    propensities); MC-dropout Thompson is reported in validation but must be exported as another policy.
+    next round of training nothing to learn from. MC dropout needs dropout somewhere; an ensemble needs
+    two members. Export serves Thompson from ensembles only (exact propensities); MC-dropout Thompson is
+    reported in validation but must be exported as another policy.
     """
-    policy, kind = cfg.policy.name, cfg.uncertainty.kind
+    policy, kind, model = cfg.policy.name, cfg.uncertainty.kind, cfg.model
+    if kind == "mc_dropout" and model.dropout == 0 and model.last_layer_dropout == 0:
+        raise ValueError(
+            "uncertainty=mc_dropout needs dropout to sample: set model.last_layer_dropout (e.g. 0.1) or "
+            "model.dropout above 0"
+        )
+    if kind == "ensemble" and cfg.uncertainty.n_members < 2:
+        raise ValueError(
+            f"uncertainty=ensemble needs uncertainty.n_members >= 2, got {cfg.uncertainty.n_members}"
+        )
     if policy != "thompson":
         return []
     if kind not in POSTERIORS:

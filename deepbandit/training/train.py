@@ -32,7 +32,7 @@ from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_ro
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
 from deepbandit.training.callbacks import FiniteLossCheck, StreamEpoch, TrueValueMonitor
-from deepbandit.training.config import TrainConfig, check_exploration
+from deepbandit.training.config import TrainConfig, check_choices
 from deepbandit.training.datamodule import BanditDataModule
 from deepbandit.training.module import BanditModule, model_inputs
 
@@ -234,12 +234,12 @@ def train(
 ) -> dict:
     """Train on ``cfg.data.path`` and write ``<out_dir>/model.pt`` and ``metrics.json``; return the metrics.
 
-    Raises ValueError on a Thompson policy without a posterior (``check_exploration``), ValidationError
+    Raises ValueError on a Thompson policy without a posterior (``check_choices``), ValidationError
     (file, column, row) on invalid logs, TrainingDataError on logs that cannot train
     (every reward 0, propensity 1 everywhere, an empty split), NonFiniteLossError on a NaN/inf loss.
     """
     cfg = typed_config(cfg)
-    for warning in check_exploration(cfg):
+    for warning in check_choices(cfg):
         log.warning(warning)
     if unused := cfg.loss.objective().unused_options():
         log.warning(

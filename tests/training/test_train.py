@@ -330,11 +330,25 @@ def test_gpu_trainer_config_on_a_gpu_matches_fp32_on_cpu(small_data, tmp_path):
     assert abs(gpu["val"]["val/logloss"] - cpu["val"]["val/logloss"]) < 0.02, (gpu["val"], cpu["val"])
 
 
-@pytest.mark.parametrize("kind", ["none", "neural_linear"])
-def test_thompson_without_a_posterior_is_refused_before_any_data_is_read(tmp_path, kind):
+@pytest.mark.parametrize(
+    ("policy", "uncertainty", "message"),
+    [
+        ("thompson", {"kind": "none"}, "policy=thompson needs a posterior.*got uncertainty=none"),
+        (
+            "thompson",
+            {"kind": "neural_linear"},
+            "policy=thompson needs a posterior.*got uncertainty=neural_linear",
+        ),
+        ("greedy", {"kind": "mc_dropout"}, "uncertainty=mc_dropout needs dropout"),
+        ("thompson", {"kind": "ensemble", "n_members": 1}, "n_members >= 2, got 1"),
+    ],
+)
+def test_choices_that_cannot_work_are_refused_before_any_data_is_read(tmp_path, policy, uncertainty, message):
     cfg = _cfg(tmp_path / "no-such-dataset")
-    cfg.policy.name, cfg.uncertainty.kind = "thompson", kind
-    with pytest.raises(ValueError, match=f"policy=thompson needs a posterior.*got uncertainty={kind}"):
+    cfg.policy.name = policy
+    for key, value in uncertainty.items():
+        setattr(cfg.uncertainty, key, value)
+    with pytest.raises(ValueError, match=message):
         train(cfg, out_dir=tmp_path / "out")
 
 
@@ -344,12 +358,12 @@ def test_default_training_config_exports_an_exploring_policy():
     import deepbandit.cli.train  # noqa: F401  (registers train_schema)
     from deepbandit.export.onnx_export import serving_policy
     from deepbandit.models.uncertainty import UncertaintyConfig
-    from deepbandit.training.config import check_exploration
+    from deepbandit.training.config import check_choices
     from deepbandit.training.train import typed_config
 
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = typed_config(compose("train", overrides=["data.path=x", "out_dir=null"]))
-    assert check_exploration(cfg) == [] and cfg.policy.name == "epsilon_greedy" and cfg.policy.epsilon > 0
+    assert check_choices(cfg) == [] and cfg.policy.name == "epsilon_greedy" and cfg.policy.epsilon > 0
 
     class _Bundle:  # what serving_policy reads of a bundle
         meta = {"policy": {"name": cfg.policy.name, "epsilon": cfg.policy.epsilon}}
