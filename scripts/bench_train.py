@@ -87,14 +87,9 @@ def time_steps(
         if precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    it, n, t0 = iter(loader), 0, 0.0
+    n, t0 = 0, 0.0
     rss0 = _rss_mb()
-    for step in range(warmup + steps):
-        try:
-            batch, rows = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch, rows = next(it)
+    for step, (batch, rows) in enumerate(loader):  # run_case sizes the loader to warmup + steps batches
         if step == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -111,6 +106,8 @@ def time_steps(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if step + 1 != warmup + steps:
+        raise RuntimeError(f"the loader gave {step + 1} batches, not warm-up + timed = {warmup + steps}")
     out = {"impressions_per_s": n / seconds, "seconds": seconds, "steps": steps}
     if device.type == "cuda":
         out["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20

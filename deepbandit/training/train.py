@@ -87,8 +87,8 @@ def _logger(cfg: TrainConfig, out_dir: Path):
     raise ValueError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None, logger=None) -> L.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``; ``logger`` as built by ``_logger`` (built here if None)."""
+def build_trainer(cfg: TrainConfig, out_dir: Path, logger, callbacks: list | None = None) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``, with ``logger`` as ``_logger`` built it."""
     t = cfg.trainer
     # Validation metrics are computed by every rank over the whole validation split, so they are already
     # identical everywhere; Lightning's advice to reduce them across ranks does not apply.
@@ -115,7 +115,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         strategy=t.strategy,
         precision=t.precision,
         gradient_clip_val=t.gradient_clip_val,
-        logger=_logger(cfg, out_dir) if logger is None else logger,
+        logger=logger,
         callbacks=[
             best,
             last,
@@ -234,8 +234,8 @@ def train(
 ) -> dict:
     """Train on ``cfg.data.path`` and write ``<out_dir>/model.pt`` and ``metrics.json``; return the metrics.
 
-    Raises ValueError on a Thompson policy without a posterior (``check_choices``), ValidationError
-    (file, column, row) on invalid logs, TrainingDataError on logs that cannot train
+    Raises ValueError on choices of policy, uncertainty and model that cannot work (``check_choices``),
+    ValidationError (file, column, row) on invalid logs, TrainingDataError on logs that cannot train
     (every reward 0, propensity 1 everywhere, an empty split), NonFiniteLossError on a NaN/inf loss.
     """
     cfg = typed_config(cfg)
@@ -282,7 +282,7 @@ def train(
             model_inputs,
         )
         callbacks.append(monitor)
-    trainer = build_trainer(cfg, out, callbacks, logger)
+    trainer = build_trainer(cfg, out, logger, callbacks)
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.trainer.ckpt_path)
     fit_seconds = time.perf_counter() - fit_start
