@@ -6,9 +6,18 @@ Configs live in the top-level `conf/` folder, installed as the package `deepband
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import sys
 from pathlib import Path
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from deepbandit.errors import ConfigError
 
 CONFIG_PATH = "pkg://deepbandit.conf"
 HYDRA_VERSION_BASE = "1.3"
@@ -17,3 +26,152 @@ HYDRA_VERSION_BASE = "1.3"
 def run_dir() -> Path:
     """The directory Hydra made for this run (outputs/<date>/<time> or the sweep's job folder)."""
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def require_options(cfg: DictConfig, config_name: str, command: str) -> None:
+    """Refuse a run whose required options (``???``) are not set, naming each with its description."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return
+    from deepbandit.cli.help import descriptions
+
+    try:
+        choices = dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # composed without a Hydra run (tests): the root config's comments only
+        choices = {}
+    described = descriptions(config_name, choices)
+    key = missing[0]
+    what = f"{key} is required" + (f" ({described[key]})" if key in described else "")
+    if len(missing) > 1:
+        what += f"; so are {', '.join(missing[1:])}"
+    raise ConfigError(f"{what}. Add {key}=<value> to the command line (`deepbandit {command} --help`)")
+
+
+def require_dir(path: str, option: str, what: str) -> Path:
+    """``path`` as a folder, or a one-line error naming the option."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ConfigError(f"{option}={path}: no such folder ({what})")
+    if not folder.is_dir():
+        raise ConfigError(f"{option}={path}: not a folder ({what})")
+    return folder
+
+
+def require_file(path: str, option: str, what: str) -> Path:
+    """``path`` as a file, or a one-line error naming the option."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"{option}={path}: {'a folder, not a file' if file.is_dir() else 'no such file'} ({what})"
+        )
+    return file
+
+
+DATASET_ROOT = "a dataset root holds impressions/, images.parquet and titles.parquet"
+BUNDLE_FILE = (
+    "deepbandit train writes <run dir>/model.pt; deepbandit pipeline writes <run dir>/train/model.pt"
+)
+
+
+DEBUG_ENV = "DEEPBANDIT_DEBUG"  # set by `deepbandit ... --debug`: every error keeps its traceback
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def user_error_message(err: BaseException, command: str) -> tuple[str, str | None] | None:
+    """(what is wrong, how to fix it or None) when ``err`` is a user's mistake; None for a bug."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from deepbandit.errors import UserError
+
+    help_hint = f"`deepbandit {command} --help` lists the options and their defaults"
+    if isinstance(err, UserError):
+        return _one_line(str(err)), None
+    if isinstance(
+        err, FileNotFoundError | FileExistsError | NotADirectoryError | IsADirectoryError | PermissionError
+    ):
+        return _one_line(str(err)), None
+    if isinstance(err, MissingConfigException):
+        # "In 'train': Could not find 'model/big'\n\nAvailable options in 'model':\n\tdefault\n\tsmall\n
+        # Config search path: ..." -> one line with the options, without Hydra's search path
+        text = str(err).split("Config search path:")[0]
+        head, _, options = text.partition("Available options in")
+        head = re.sub(r"^In '[^']*': ", "", head.strip())
+        choices = [s.strip() for s in options.splitlines()[1:] if s.strip()]
+        return (f"{head}; choose one of: {', '.join(choices)}" if choices else _one_line(head)), help_hint
+    if isinstance(err, OverrideParseException):
+        return (
+            f"cannot parse the override: {_one_line(str(err))}",
+            "write options as key=value (quote lists: 'key=[a,b]')",
+        )
+    if isinstance(err, HydraException | OmegaConfBaseException):
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        key = getattr(cause, "full_key", None)
+        if isinstance(err, HydraException) and cause is not err:
+            text = f"{str(err).splitlines()[0]} {text}"
+        if key and key not in text:
+            text = f"{key}: {text}"
+        return _one_line(text), help_hint
+    return None
+
+
+def report_user_error(err: BaseException, command: str) -> bool:
+    """Print ``err`` as one or two lines on stderr if it is a user's mistake; False (nothing printed) if not."""
+    message = user_error_message(err, command)
+    if message is None:
+        return False
+    what, fix = message
+    print(f"deepbandit {command}: error: {what}", file=sys.stderr)
+    if fix:
+        print(f"  {fix}", file=sys.stderr)
+    return True
+
+
+def exit_on_user_error(command: str):
+    """Decorate a Hydra task: a user's mistake raised inside it exits with code 2 after one or two lines on
+    stderr (SystemExit passes through Hydra's job runner, which would otherwise print the failing job's
+    overrides and a traceback first). With ``--debug`` it propagates as it is."""
+
+    def decorate(task):
+        @functools.wraps(task)
+        def wrapped(cfg):
+            try:
+                return task(cfg)
+            except Exception as err:
+                if os.environ.get(DEBUG_ENV) == "1" or not report_user_error(err, command):
+                    raise
+                raise SystemExit(2) from None
+
+        return wrapped
+
+    return decorate
+
+
+def entry_point(config_name: str, command: str | None = None):
+    """``@hydra.main`` on ``conf/<config_name>.yaml`` for ``deepbandit <command>``, whose task first refuses
+    unset required options and reports a user's mistake in one or two lines (exit code 2)."""
+    command = command or config_name.replace("_", "-")
+
+    def decorate(task):
+        @functools.wraps(task)
+        def checked(cfg: DictConfig):
+            require_options(cfg, config_name, command)
+            return task(cfg)
+
+        return hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base=HYDRA_VERSION_BASE)(
+            exit_on_user_error(command)(checked)
+        )
+
+    return decorate
+
+
+def console(stderr: bool = False) -> Console:
+    """The console the commands print to. Not on a terminal (a pipe, a log file, CI) rich would assume 80
+    columns and wrap or cut tables and paths: there it takes 160, or $COLUMNS when set."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, width=width, highlight=False)

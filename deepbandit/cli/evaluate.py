@@ -12,14 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE, run_dir
-from deepbandit.evaluation.evaluate import EvaluationSettings, evaluate_rows, read_dataset
+from deepbandit.cli._hydra import (
+    BUNDLE_FILE,
+    DATASET_ROOT,
+    entry_point,
+    require_dir,
+    require_file,
+    run_dir,
+)
+from deepbandit.cli._hydra import (
+    console as cli_console,
+)
+from deepbandit.errors import ConfigError
+from deepbandit.evaluation.evaluate import EvaluationSettings, evaluate_rows, make_estimators, read_dataset
 from deepbandit.evaluation.plots import write_plots
 from deepbandit.evaluation.report import summary_rows, write_report
 
@@ -32,10 +42,11 @@ class EvaluateConfig:
     estimators: list[str] = field(default_factory=lambda: ["ips", "snips", "dm", "dr", "sndr"])
     interval: str = "bootstrap"
     alpha: float = 0.05
-    n_bootstrap: int = 200
-    seed: int = 0
+    n_bootstrap: int = 200  # resamples of interval=bootstrap (>= 2), shared by all estimators
+    seed: int = 0  # seeds the bootstrap resamples and the model's posterior draws
     train_fraction: float = 0.5
     segments: list[str] = field(default_factory=lambda: ["prior_interaction", "device", "country"])
+    # estimator of the per-segment values, normal intervals: ips | snips | dm | dr | sndr | switch_dr
     segment_estimator: str = "snips"
     min_segment_rows: int = 100
     title_for_plot: int | None = None
@@ -52,10 +63,6 @@ def run(cfg: DictConfig) -> dict:
     ``files`` (paths written)."""
     if cfg.out_dir is None:
         raise ValueError("out_dir is required when calling run() directly (the command uses the run dir)")
-    if cfg.plot_estimator not in cfg.estimators:
-        raise ValueError(
-            f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"
-        )
     settings = EvaluationSettings(
         estimators=tuple(cfg.estimators),
         interval=cfg.interval,
@@ -67,6 +74,11 @@ def run(cfg: DictConfig) -> dict:
         min_segment_rows=cfg.min_segment_rows,
         title_for_plot=cfg.title_for_plot,
     )
+    make_estimators(cfg.estimators)  # unknown names first: the plot's choice is checked against them
+    if cfg.plot_estimator not in cfg.estimators:
+        raise ConfigError(
+            f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"
+        )
     table, titles, images, world = read_dataset(cfg.dataset)
     scorer = None
     if cfg.bundle is not None:
@@ -94,19 +106,24 @@ def run(cfg: DictConfig) -> dict:
 
 
 def print_summary(result: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or cli_console()
+    # one estimator's interval fits a console line; report.md has them all
+    shown = "snips" if "snips" in result["estimators"] else result["estimators"][0]
     table = Table(title=f"Policy values on {result['n_eval_rows']:,} evaluated impressions")
-    for col in ["policy", *[e.upper() for e in result["estimators"]], "true"]:
-        table.add_column(col)
-    for row in summary_rows(result):
+    for e in ["policy", *result["estimators"], "true"]:
+        table.add_column(e.upper() + (" [95%]" if e == shown else "") if e != "policy" else e)
+    for row in summary_rows(result, interval_of=shown):
         table.add_row(*row)
     console.print(table)
     for path in result["files"]:
         console.print(f"wrote {path}")
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base=HYDRA_VERSION_BASE)
+@entry_point("evaluate")
 def _main(cfg: DictConfig) -> None:
+    require_dir(cfg.dataset, "dataset", DATASET_ROOT)
+    if cfg.bundle is not None:
+        require_file(cfg.bundle, "bundle", BUNDLE_FILE)
     if cfg.out_dir is None:
         cfg.out_dir = str(run_dir())
     print_summary(run(cfg))

@@ -11,14 +11,21 @@ prints it. docs/export-and-serving.md describes the files and how serving reads 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.cli._hydra import (
+    BUNDLE_FILE,
+    entry_point,
+    require_file,
+)
+from deepbandit.cli._hydra import (
+    console as cli_console,
+)
+from deepbandit.errors import ConfigError
 
 
 @dataclass
@@ -39,14 +46,15 @@ class PolicyConfig:
 @dataclass
 class ExportConfig:
     bundle: str = MISSING  # path to model.pt written by training
-    out_dir: str = MISSING  # export folder
+    out_dir: str | None = None  # export folder; None: <the bundle's folder>/export
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     fp16: bool = False  # also write model_fp16.onnx (fp16 inside, fp32 at the boundary)
     triton: bool = True  # also write <out_dir>/triton/<model_name>/
-    model_name: str = "artwork_scorer"
+    model_name: str = "artwork_scorer"  # name of the Triton model (triton/<model_name>/) and in manifest.json
     max_batch_size: int = 16384  # Triton max_batch_size
     max_history: int | None = None  # None: bundle meta's max_history, else the contract's MAX_HISTORY
     parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 7, 512])
+    # candidate counts of the parity check, each tried with every parity_batch_sizes entry
     parity_candidates: list[int] = field(default_factory=lambda: [1, 25, 64])
 
 
@@ -63,11 +71,12 @@ def run(cfg: DictConfig | ExportConfig) -> dict:
     policy = {k: v for k, v in asdict(cfg.policy).items() if v is not None}
     if "name" not in policy:
         if len(policy):
-            raise ValueError(f"policy fields {sorted(policy)} given without policy.name")
+            raise ConfigError(f"policy fields {sorted(policy)} given without policy.name")
         policy = None
+    out_dir = cfg.out_dir if cfg.out_dir is not None else Path(cfg.bundle).parent / "export"
     result = export_bundle(
         ModelBundle.load(cfg.bundle),
-        cfg.out_dir,
+        out_dir,
         policy=policy,
         fp16=cfg.fp16,
         triton=cfg.triton,
@@ -84,8 +93,9 @@ def run(cfg: DictConfig | ExportConfig) -> dict:
     }
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="export", version_base=HYDRA_VERSION_BASE)
+@entry_point("export")
 def main(cfg: DictConfig) -> None:
+    require_file(cfg.bundle, "bundle", BUNDLE_FILE)
     summary = run(cfg)
     table = Table(title=f"exported to {summary['out_dir']}: onnxruntime vs torch")
     for col in ("variant", "batch", "candidates", "max |diff|", "allowed", "same choice"):
@@ -99,7 +109,7 @@ def main(cfg: DictConfig) -> None:
             f"{p['atol']:g}",
             str(p["same_choice"]),
         )
-    console = Console()
+    console = cli_console()
     console.print(table)
     for name, path in summary["files"].items():
         console.print(f"{name}: {path}")

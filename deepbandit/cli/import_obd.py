@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.cli._hydra import entry_point, require_dir
 from deepbandit.data.obd import import_obd
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,11 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="import_obd", version_base=HYDRA_VERSION_BASE)
+@entry_point("import_obd")
 def main(cfg: DictConfig) -> None:
+    require_dir(
+        cfg.source, "source", "the Open Bandit Dataset's root: <source>/<policy>/<campaign>/<campaign>.csv"
+    )
     run(cfg)
 
 

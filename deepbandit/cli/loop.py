@@ -6,12 +6,11 @@ deepbandit loop environment=digits agents=[random,linucb,deep_thompson] deep.ser
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.cli._hydra import console as cli_console
+from deepbandit.cli._hydra import entry_point
 from deepbandit.loop.loop import LoopConfig, run_loop, summary_table
 
 ConfigStore.instance().store(name="loop_schema", node=LoopConfig)
@@ -23,11 +22,11 @@ def run(cfg: DictConfig | LoopConfig) -> dict:
     if not isinstance(cfg, LoopConfig):
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LoopConfig), cfg))
     result = run_loop(cfg)
-    Console().print(summary_table(result))
+    cli_console().print(summary_table(result))
     return result
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="loop", version_base=HYDRA_VERSION_BASE)
+@entry_point("loop")
 def _main(cfg: DictConfig) -> None:
     run(cfg)
 

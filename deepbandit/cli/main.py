@@ -1,55 +1,118 @@
 """The `deepbandit` console command: `deepbandit <subcommand> [hydra overrides ...]`.
 
 Each subcommand is a thin `@hydra.main` wrapper living in its own module under `deepbandit.cli`; this
-dispatcher only picks the module and hands it the rest of the command line, so Hydra sees the same argv
-it would if the module were run on its own (`python -m deepbandit.cli.simulate key=value`).
+dispatcher picks the module, answers `--help` itself (`deepbandit.cli.help`: that command's options only),
+and turns a user's mistake into one or two lines on stderr with exit code 2 (`user_error_message`). Any other
+exception is a bug and keeps its traceback; `--debug` (or `HYDRA_FULL_ERROR=1`) shows the traceback of
+every error. Hydra sees the same argv it would if the module were run on its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-# subcommand -> (module, one-line help). Modules are imported lazily: `deepbandit --help` stays fast.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
+from deepbandit.cli._hydra import DEBUG_ENV, report_user_error
+
+# subcommand -> (module, config name, one-line help). Modules are imported lazily: `deepbandit --help`
+# stays fast. sweep-report takes a folder, not a config.
+SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
     "pipeline": (
         "deepbandit.cli.pipeline",
+        "pipeline",
         "the whole job on the simulator: simulate, train, evaluate, export, serve",
     ),
-    "simulate": ("deepbandit.cli.simulate", "simulate the artwork world and write logs as Parquet"),
-    "validate": ("deepbandit.cli.validate", "validate a dataset against the log contract"),
-    "import-obd": ("deepbandit.cli.import_obd", "convert the Open Bandit Dataset into the log contract"),
-    "train": ("deepbandit.cli.train", "train a deep contextual bandit on logged impressions"),
-    "sweep-report": ("deepbandit.cli.sweep_report", "rank the runs of a hyperparameter sweep"),
-    "evaluate": ("deepbandit.cli.evaluate", "off-policy evaluation report of policies on logged data"),
+    "simulate": (
+        "deepbandit.cli.simulate",
+        "simulate",
+        "simulate the artwork world and write logs as Parquet",
+    ),
+    "validate": ("deepbandit.cli.validate", "validate", "validate a dataset against the log contract"),
+    "import-obd": (
+        "deepbandit.cli.import_obd",
+        "import_obd",
+        "convert the Open Bandit Dataset into the log contract",
+    ),
+    "train": ("deepbandit.cli.train", "train", "train a deep contextual bandit on logged impressions"),
+    "sweep-report": ("deepbandit.cli.sweep_report", None, "rank the runs of a hyperparameter sweep"),
+    "evaluate": (
+        "deepbandit.cli.evaluate",
+        "evaluate",
+        "off-policy evaluation report of policies on logged data",
+    ),
     "loop": (
         "deepbandit.cli.loop",
+        "loop",
         "closed-loop simulation: serve, log, retrain, redeploy; regret per agent",
     ),
-    "export": ("deepbandit.cli.export", "export a trained model to ONNX with manifest and Triton repository"),
+    "export": (
+        "deepbandit.cli.export",
+        "export",
+        "export a trained model to ONNX with manifest and Triton repository",
+    ),
 }
+HELP_FLAGS = {"-h", "--help"}
 
 
 def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: deepbandit <subcommand> [hydra overrides ...]", "", "subcommands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-    lines += ["", "`deepbandit <subcommand> --help` shows that subcommand's configuration."]
+    lines = ["usage: deepbandit <subcommand> [key=value ...] [--debug]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += ["", "`deepbandit <subcommand> --help` lists that subcommand's options, defaults and examples."]
     return "\n".join(lines)
+
+
+def _run(name: str, rest: list[str], debug: bool) -> None:
+    module_name = SUBCOMMANDS[name][0]
+    sys.argv = [f"deepbandit {name}", *rest]
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the task's own error wrapper (`exit_on_user_error`) re-raises too
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # and Hydra shows the whole traceback, not a trimmed one
+        importlib.import_module(module_name).main()
+        return
+    # Exceptions raised while Hydra composes the config come back here instead of being printed by Hydra
+    # as a trimmed traceback; those raised by the task itself are reported by `exit_on_user_error`.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        importlib.import_module(module_name).main()
+    except KeyboardInterrupt:
+        print(f"deepbandit {name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:
+        if not report_user_error(err, name):
+            raise
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help", "help"}:
+    if not argv or argv[0] in {*HELP_FLAGS, "help"}:
         print(_usage())
         raise SystemExit(0 if argv else 2)
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"deepbandit: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    sys.argv = [f"deepbandit {name}", *rest]
-    module.main()
+    debug = "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    rest = [a for a in rest if a != "--debug"]
+    config_name = SUBCOMMANDS[name][1]
+    if config_name is not None and HELP_FLAGS & set(rest):
+        _help(name, config_name, [a for a in rest if a not in HELP_FLAGS], debug)
+        return
+    _run(name, rest, debug)
+
+
+def _help(name: str, config_name: str, overrides: list[str], debug: bool) -> None:
+    from deepbandit.cli import help as help_page
+
+    importlib.import_module(SUBCOMMANDS[name][0])  # registers the command's typed config
+    try:
+        print(help_page.render(name, config_name, SUBCOMMANDS[name][2], overrides))
+    except Exception as err:
+        if debug or not report_user_error(err, name):
+            raise
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

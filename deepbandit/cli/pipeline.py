@@ -12,15 +12,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra import compose
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.cli._hydra import console as cli_console
+from deepbandit.cli._hydra import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +27,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class PipelineConfig:
     n_impressions: int = 60_000
-    seed: int = 0
+    seed: int = 0  # simulate's seed and train's trainer.seed; also seeds the serve step's draws
     simulate: list[str] = field(default_factory=list)
-    train: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)  # overrides of conf/train.yaml
     evaluate: list[str] = field(default_factory=list)
-    export: list[str] = field(default_factory=list)
+    export: list[str] = field(default_factory=list)  # overrides of conf/export.yaml
     serve_requests: int = 4096
-    out_dir: str = "outputs/pipeline"
+    out_dir: str = "outputs/pipeline"  # run directory: the steps write data/, train/, report/, export/ in it
 
 
 ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
@@ -58,7 +57,7 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
     cfg = OmegaConf.structured(PipelineConfig) if cfg is None else cfg
     out = Path(cfg.out_dir)
     data_dir, train_dir, report_dir, export_dir = (out / n for n in ("data", "train", "report", "export"))
-    console = Console()
+    console = cli_console()
     timings: dict[str, float] = {}
     result: dict = {}
 
@@ -90,7 +89,7 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
         ],  # validated just above
     )
     result["train"] = train_model(train_cfg, out_dir=train_dir)
-    console.print(train.metrics_table(result["train"]))
+    train.print_metrics(result["train"], train_cfg.policy.name, console)
     bundle = train_dir / "model.pt"
 
     step("evaluate")
@@ -98,6 +97,7 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
         "evaluate", [*cfg.evaluate, f"dataset={data_dir}", f"bundle={bundle}", f"out_dir={report_dir}"]
     )
     result["evaluate"] = evaluate.run(eval_cfg)
+    evaluate.print_summary(result["evaluate"], console)
 
     step("export")
     export_cfg = _step_config("export", [*cfg.export, f"bundle={bundle}", f"out_dir={export_dir}"])
@@ -138,9 +138,9 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
         f"{result['serve']['decided']:,} decisions in {seconds * 1e3:.0f} ms ({result['serve']['propensity_kind']})",
     )
     console.print(table)
-    console.print(
-        f"report: {report_dir / 'report.md'}  plots: {report_dir}/*.png  ONNX: {export_dir / 'model.onnx'}"
-    )
+    for what, path in (("report", report_dir / "report.md"), ("plots", f"{report_dir}/*.png"),
+                       ("ONNX", export_dir / "model.onnx"), ("everything", out)):  # fmt: skip
+        console.print(f"{what}: {path}", soft_wrap=True)
     return result
 
 
@@ -150,7 +150,7 @@ def _durations(starts: dict[str, float]) -> dict[str, float]:
     return {n: end - starts[n] for n, end in zip(names, ends, strict=True)}
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="pipeline", version_base=HYDRA_VERSION_BASE)
+@entry_point("pipeline")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

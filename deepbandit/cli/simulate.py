@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE
+from deepbandit.cli._hydra import console as cli_console
+from deepbandit.cli._hydra import entry_point
 from deepbandit.data.simulator import POLICY_NAMES, SimulateConfig, simulate
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def summary_table(summary: dict) -> Table:
 def run(cfg: DictConfig | SimulateConfig) -> dict:
     """Simulate into ``cfg.out_dir`` and return the summary (truth.json's content plus timings)."""
     config = _typed(cfg)
-    console = Console(stderr=True)
+    console = cli_console(stderr=True)
     with Progress(
         TextColumn("simulate"),
         BarColumn(),
@@ -68,7 +67,7 @@ def run(cfg: DictConfig | SimulateConfig) -> dict:
     ) as progress:
         task = progress.add_task("simulate", total=config.n_impressions)
         summary = simulate(config, on_progress=lambda done: progress.update(task, completed=done))
-    Console().print(summary_table(summary))
+    cli_console().print(summary_table(summary))
     log.info(
         "%d rows in %.1f s (%.0f rows/s, world %.1f s) -> %s",
         config.n_impressions,
@@ -80,7 +79,7 @@ def run(cfg: DictConfig | SimulateConfig) -> dict:
     return summary
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="simulate", version_base=HYDRA_VERSION_BASE)
+@entry_point("simulate")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

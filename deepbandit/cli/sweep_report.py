@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from deepbandit.cli._hydra import console as cli_console
 
 
 def collect(root: str | Path, metric: str | None = None) -> list[dict]:
@@ -63,7 +64,7 @@ def table(rows: list[dict]) -> Table:
 
 def run(root: str | Path, metric: str | None = None) -> list[dict]:
     rows = collect(root, metric)
-    Console().print(table(rows))
+    cli_console().print(table(rows))
     return rows
 
 
@@ -75,8 +76,8 @@ def main() -> None:
     try:
         run(*args)
     except FileNotFoundError as err:
-        print(f"sweep-report: {err}", file=sys.stderr)
-        sys.exit(1)
+        print(f"deepbandit sweep-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,24 @@ check; `deepbandit.data.validation` does the work.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import Enum
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from deepbandit.cli._hydra import CONFIG_PATH, HYDRA_VERSION_BASE, run_dir
+from deepbandit.cli._hydra import (
+    DATASET_ROOT,
+    entry_point,
+    require_dir,
+)
+from deepbandit.cli._hydra import (
+    console as cli_console,
+)
 from deepbandit.data.validation import ValidationError, validate_dataset
 
 
@@ -32,7 +39,9 @@ class Mode(Enum):
 class ValidateConfig:
     dataset: str = MISSING  # dataset root
     mode: Mode = Mode.strict
-    quarantine_dir: str | None = None  # None: <run dir>/quarantine (the command), required by run()
+    quarantine_dir: str | None = (
+        None  # None: outputs/<date>/<time>/quarantine (the command), required by run()
+    )
     embedding_dim: int | None = None  # None: inferred from the first image, a differing one raises
     member_features_dim: int | None = None  # None: inferred from the first row, a differing one raises
     batch_size: int = 1 << 18
@@ -113,14 +122,15 @@ def print_summary(summary: dict, console: Console) -> None:
         )
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="validate", version_base=HYDRA_VERSION_BASE)
+@entry_point("validate")
 def _main(cfg: DictConfig) -> None:
-    if cfg.quarantine_dir is None:
-        cfg.quarantine_dir = str(run_dir() / "quarantine")
+    require_dir(cfg.dataset, "dataset", DATASET_ROOT)
+    if cfg.quarantine_dir is None:  # a folder only where there is something to keep, as Hydra would name it
+        cfg.quarantine_dir = time.strftime("outputs/%Y-%m-%d/%H-%M-%S/quarantine")
     try:
         summary = run(cfg)
     except ValidationError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]invalid:[/] {escape(str(e))}", highlight=False)
+        cli_console(stderr=True).print(f"[bold red]invalid:[/] {escape(str(e))}", highlight=False)
         raise SystemExit(1) from e
     print_summary(summary, Console())
 

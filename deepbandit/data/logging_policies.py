@@ -26,6 +26,7 @@ import numpy as np
 
 from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.world import US_PER_S, Contexts, World
+from deepbandit.errors import ConfigError
 
 POLICIES = ("uniform", "epsilon_greedy", "softmax")
 
@@ -41,14 +42,14 @@ class LoggingPolicyConfig:
 
     def validate(self) -> None:
         if self.name not in POLICIES:
-            raise ValueError(f"logging_policy.name must be one of {POLICIES}, got {self.name!r}")
+            raise ConfigError(f"logging_policy.name must be one of {POLICIES}, got {self.name!r}")
         if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"logging_policy.epsilon must be in [0, 1], got {self.epsilon}")
+            raise ConfigError(f"logging_policy.epsilon must be in [0, 1], got {self.epsilon}")
         if self.temperature <= 0:
-            raise ValueError(f"logging_policy.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"logging_policy.temperature must be > 0, got {self.temperature}")
         for name in ("member_noise", "image_noise", "sticky_window_hours"):
             if getattr(self, name) < 0:
-                raise ValueError(f"logging_policy.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"logging_policy.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def segment_argmax(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from deepbandit.data import schema
 from deepbandit.data.io import DEFAULT_ROW_GROUP_ROWS, write_parquet_atomic
+from deepbandit.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ BLOCK_SIZE = 1 << 22  # bytes of CSV parsed at once: smaller blocks stream ~2x f
 # sharding), ~250 MB in memory for the 80-item campaign.
 
 
-class ObdFormatError(ValueError):
+class ObdFormatError(UserError, ValueError):
     """Malformed OBD input. The message names the file and, where one is at fault, the column and row."""
 
 
@@ -337,8 +338,14 @@ def import_obd(
     value) with its standard error, overall and per position, and the names of the feature columns.
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        raise ConfigError(f"behavior_policy must be one of {POLICIES}, got {policy!r}")
     folder = Path(source) / policy / campaign
+    if not folder.is_dir():
+        found = sorted(d.name for d in (Path(source) / policy).glob("*") if d.is_dir())
+        raise ConfigError(
+            f"campaign={campaign!r}: no folder {folder}; campaigns of {policy!r} found there: "
+            f"{', '.join(found) or 'none'} (OBD ships all, men and women)"
+        )
     log_path, items_path = folder / f"{campaign}.csv", folder / "item_context.csv"
     out_dir = Path(out_dir)
     _dataset_dir(out_dir, overwrite)

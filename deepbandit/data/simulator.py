@@ -59,6 +59,7 @@ from deepbandit.data.schema import (
     TITLES_FILE,
 )
 from deepbandit.data.world import US_PER_S, World, WorldConfig, file_mode, segment_offsets
+from deepbandit.errors import ConfigError
 
 WORLD_FILE = "world.npz"
 TRUTH_FILE = "truth.json"
@@ -84,28 +85,28 @@ class SimulateConfig:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
-    n_impressions: int = 1_000_000
+    n_impressions: int = 1_000_000  # impressions logged, spread evenly over the n_days timeline
     n_days: int = 14
     start_date: str = "2024-01-01"  # UTC midnight of the first day
     seed: int = 0
     out_dir: str = "data/sim"
     chunk_rows: int = 1_000_000  # rows per impressions part file
     batch_rows: int = 131_072  # rows generated at once (bounds memory)
-    compression: str = "snappy"
+    compression: str = "snappy"  # codec of the Parquet files: snappy | lz4 | zstd | gzip | brotli | none
     overwrite: bool = False  # replace an earlier dataset in out_dir
-    progress: bool = True
+    progress: bool = True  # show a progress bar on stderr
 
     def validate(self) -> None:
         for name in ("n_impressions", "chunk_rows", "batch_rows"):
             if getattr(self, name) < 1:
-                raise ValueError(f"simulate config: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"simulate config: {name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def start_us(self) -> int:
         try:
             day = np.datetime64(self.start_date, "D")
         except ValueError as err:
-            raise ValueError(f"simulate config: start_date {self.start_date!r} is not YYYY-MM-DD") from err
+            raise ConfigError(f"simulate config: start_date {self.start_date!r} is not YYYY-MM-DD") from err
         return int(day.astype("datetime64[us]").astype(np.int64))
 
 

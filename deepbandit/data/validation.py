@@ -50,6 +50,7 @@ from deepbandit.data.schema import (
     TABLE_KINDS,
     TITLES_FILE,
 )
+from deepbandit.errors import UserError
 
 MODES = ("strict", "quarantine")
 PROBABILITY_TOL = 1e-6  # |sum(action_dist) - 1| and |action_dist[chosen] - propensity| must not exceed this
@@ -66,7 +67,7 @@ _STRINGS = (pa.string(), pa.large_string(), pa.string_view())
 _SMALL_INT_COLUMNS = ("hour", "weekday")  # contract int8: any integer is checked for range, then narrowed
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError, ValueError):
     """A breach of the log contract, saying where it is.
 
     ``file`` is the file's path relative to the dataset root (or the name given to `validate_table`),

@@ -48,6 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from deepbandit.errors import ConfigError
+
 US_PER_S = 1_000_000
 S_PER_DAY = 86_400
 
@@ -76,23 +78,27 @@ class WorldConfig:
     """Size and effect sizes of the world. Counts first; the defaults of the effects give, on the ``small``
     world, a random take rate near 0.15 and an oracle about 1.6x random."""
 
-    n_members: int = 20_000
-    n_titles: int = 2_000
+    n_members: int = 20_000  # members (ids 0..n_members-1)
+    n_titles: int = 2_000  # titles in the catalogue (ids 0..n_titles-1); at least n_genres
     n_genres: int = 12  # at most len(GENRES)
-    n_themes: int = 16
-    n_cast: int = 1_000
-    cast_per_title: int = 6
+    n_themes: int = 16  # visual themes an image can highlight (each genre shows mostly two)
+    n_cast: int = 1_000  # cast members over the catalogue (Zipf popularity)
+    cast_per_title: int = 6  # cast members drawn per title, by popularity
     favourite_cast: int = 3  # favourite cast members per member
     images_min: int = 3  # images per title: truncated geometric on [images_min, images_max]
     images_max: int = 24  # at most schema.MAX_CANDIDATES
-    images_mean: float = 8.0
+    images_mean: float = 8.0  # mean images per title, before the cap at images_max
     image_cast_prob: float = 0.6  # share of images highlighting one cast member
-    embedding_dim: int = 32
+    embedding_dim: int = 32  # width D of each image's synthetic vision embedding
     embedding_noise: float = 0.5  # std of the noise added to the projected attributes (signal std ~1)
+    # member countries, each at most once: US | BR | GB | FR | DE | IN | JP | MX | ES | KR | CA | AU
     countries: list[str] = field(default_factory=lambda: ["US", "BR", "GB", "FR", "DE", "IN", "JP", "MX"])
+    # device names, distinct; device_share and device_artwork_gain give one value per device
     devices: list[str] = field(default_factory=lambda: ["tv", "mobile", "tablet", "web"])
+    # mean device mix of a member, one positive weight per device (each member: Dirichlet around it)
     device_share: list[float] = field(default_factory=lambda: [0.4, 0.35, 0.1, 0.15])
-    device_artwork_gain: list[float] = field(default_factory=lambda: [1.25, 0.7, 0.9, 1.0])  # big screens
+    # multiplier of the artwork effect per device (larger on big screens)
+    device_artwork_gain: list[float] = field(default_factory=lambda: [1.25, 0.7, 0.9, 1.0])
     history_mean: float = 8.0  # plays per member of average activity, over history_days + the timeline
     history_days: float = 60.0  # history starts this long before the timeline
     max_history: int = 32  # played_title_ids kept per impression (at most schema.MAX_HISTORY)
@@ -101,30 +107,30 @@ class WorldConfig:
     new_image_fraction: float = 0.1  # non-first images launching after their title, during the timeline
     taste_drift: float = 0.0  # std of each member's genre-taste change over the whole timeline
     # --- effects (logits) ---
-    genre_taste_std: float = 1.0
+    genre_taste_std: float = 1.0  # std of member genre tastes (plus boosts on two favourite genres)
     theme_taste_std: float = 1.3  # idiosyncratic part of the theme taste
     theme_from_genre: float = 0.8  # weight of the genre taste in the theme taste
-    intercept_start: float = -3.0
-    intercept_quality: float = 1.0
+    intercept_start: float = -3.0  # intercept of the play-start logit
+    intercept_quality: float = 1.0  # intercept of the quality-given-start logit
     genre_effect: float = 0.5  # genre affinity on play start
     genre_quality_effect: float = 0.3  # genre affinity on quality given start
-    appeal_std: float = 0.4
+    appeal_std: float = 0.4  # std of the titles' appeal (play-start logit; also in recommender_score)
     recommender_effect: float = 0.8  # per unit of recommender_score (0..1): row position
-    recommender_noise: float = 0.6
+    recommender_noise: float = 0.6  # std of the noise added to the recommender_score logit
     hour_effect: float = 0.25  # evening boost amplitude
-    weekend_effect: float = 0.1
-    country_effect_std: float = 0.1
-    language_match_effect: float = 0.3
-    prior_start_effect: float = 0.7
-    prior_quality_effect: float = 0.3
-    artwork_scale: float = 0.7
+    weekend_effect: float = 0.1  # play-start logit added on the member's local Saturday and Sunday
+    country_effect_std: float = 0.1  # std of the per-country play-start logit effect
+    language_match_effect: float = 0.3  # start logit added when the title's language is the member's
+    prior_start_effect: float = 0.7  # play-start logit added when the member played the title before
+    prior_quality_effect: float = 0.3  # quality logit added when the member played the title before
+    artwork_scale: float = 0.7  # weight of the image terms (match, quality, clickbait) in the start logit
     prior_artwork_factor: float = 0.35  # artwork matters less once the member knows the title
-    quality_std: float = 0.5
-    quality_start: float = 0.4
-    quality_effect: float = 0.6
-    clickbait_mean: float = 0.4  # exponential
-    clickbait_start: float = 0.8
-    clickbait_penalty: float = 1.6
+    quality_std: float = 0.5  # std of the images' intrinsic quality (normal, mean 0)
+    quality_start: float = 0.4  # weight of image quality in the artwork term of the start logit
+    quality_effect: float = 0.6  # weight of image quality in the quality-given-start logit
+    clickbait_mean: float = 0.4  # mean of the images' clickbait factor (exponential; 0 = none)
+    clickbait_start: float = 0.8  # weight of clickbait in the artwork term of the start logit
+    clickbait_penalty: float = 1.6  # weight of clickbait subtracted from the quality-given-start logit
     unpersonalised_samples: int = 256  # contexts per title to rank its images without personalisation
 
     def validate(self) -> None:
@@ -132,7 +138,7 @@ class WorldConfig:
 
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise ValueError(f"world config: {what}")
+                raise ConfigError(f"world config: {what}")
 
         for name in ("n_members", "n_titles", "n_themes", "n_cast", "cast_per_title", "favourite_cast"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")

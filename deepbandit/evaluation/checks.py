@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepbandit.errors import UserError
+
 Array = np.ndarray | torch.Tensor
 
 
@@ -21,7 +23,7 @@ class ReplayBiasWarning(UserWarning):
     """Replay on rows with different candidate counts: matched rows over-represent small candidate sets."""
 
 
-class EstimationError(ValueError):
+class EstimationError(UserError, ValueError):
     """The inputs are valid but carry no information about the requested value (say so, print no number)."""
 
 

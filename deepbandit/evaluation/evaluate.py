@@ -19,6 +19,7 @@ import pyarrow as pa
 from deepbandit.data.io import open_impressions, read_images, read_titles
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE
 from deepbandit.data.world import World, contexts_from_impressions
+from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import (
     LoggedRows,
     TakeRates,
@@ -80,9 +81,9 @@ def make_estimators(names: tuple[str, ...] | list[str]) -> list:
     """Estimator instances from names (keys of ``ESTIMATORS``); unknown names raise."""
     unknown = [n for n in names if n not in ESTIMATORS]
     if unknown:
-        raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)}")
+        raise ConfigError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)}")
     if not names:
-        raise ValueError("estimators is empty")
+        raise ConfigError("estimators is empty")
     return [ESTIMATORS[n]() if n != "switch_dr" else SwitchDR(tau=10.0) for n in names]
 
 
@@ -268,7 +269,7 @@ def evaluate_rows(
         title = settings.title_for_plot if settings.title_for_plot is not None else _plot_title(rows)
         if title is not None:
             if not (rows.title_id == title).any():
-                raise ValueError(f"title_for_plot={title}: no evaluated row shows that title")
+                raise ConfigError(f"title_for_plot={title}: no evaluated row shows that title")
             if model_scores is not None:
                 scores, what = q_hat, "model's predicted take probability"
             elif world is not None:
@@ -303,7 +304,7 @@ def _model_dist(scores: ModelScores, mask: np.ndarray, policy: str) -> np.ndarra
         if scores.posterior_samples is None:
             raise ValueError("policy=thompson needs posterior samples; the model gave none")
         return make_policy("thompson", kind=scores.thompson_kind).action_dist(scores.posterior_samples, mask)
-    raise ValueError(f"policy must be greedy or thompson, got {policy!r}")
+    raise ConfigError(f"policy must be greedy or thompson, got {policy!r}")
 
 
 def _plot_title(rows: LoggedRows) -> int | None:

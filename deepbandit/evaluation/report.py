@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from deepbandit.evaluation.numbers import decimals_for, fmt
 from deepbandit.evaluation.plots import LABELS, ORDER
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _values(result: dict) -> list[float | None]:
+    """Every policy value of the result: they share one number of decimals."""
+    out = []
+    for pol in result["policies"].values():
+        for e in [pol.get("on_policy", {}), *pol.get("estimates", {}).values()]:
+            out += [e.get("value"), e.get("lower"), e.get("upper")]
+        out.append(pol.get("true_value"))
+    return out
 
 
-def _cell(e: dict) -> str:
+def _cell(e: dict, decimals: int, interval: bool = True) -> str:
     if "error" in e:
         return "n/a"
-    if e.get("lower") is None:
-        return _fmt(e["value"])
-    return f"{_fmt(e['value'])} [{_fmt(e['lower'])}, {_fmt(e['upper'])}]"
+    if e.get("lower") is None or not interval:
+        return fmt(e["value"], decimals)
+    return f"{fmt(e['value'], decimals)} [{fmt(e['lower'], decimals)}, {fmt(e['upper'], decimals)}]"
 
 
-def summary_rows(result: dict) -> list[list[str]]:
-    """One row per policy: name, each estimator's value [interval], true value (— when unknown)."""
+def summary_rows(result: dict, interval_of: str | None = "all") -> list[list[str]]:
+    """One row per policy: name, each estimator's value [interval], true value (— when unknown), with the
+    decimals that the scale of the values needs (``decimals_for``). ``interval_of``: "all" gives every
+    estimator's interval; an estimator's name gives only that one's (a console-wide table)."""
+    decimals = decimals_for(_values(result))
     rows = []
     for name in [n for n in ORDER if n in result["policies"]]:
         pol = result["policies"][name]
         if "on_policy" in pol:
-            cells = [_cell(pol["on_policy"]) + " (on-policy)"] + [""] * (len(result["estimators"]) - 1)
+            cells = [_cell(pol["on_policy"], decimals, interval_of is not None) + " (on-policy)"] + [""] * (
+                len(result["estimators"]) - 1
+            )
         elif not pol["estimates"]:
             cells = ["—"] * len(result["estimators"])
         else:
-            cells = [_cell(pol["estimates"][e]) for e in result["estimators"]]
-        rows.append([LABELS[name], *cells, _fmt(pol.get("true_value"))])
+            cells = [
+                _cell(pol["estimates"][e], decimals, interval_of in ("all", e)) for e in result["estimators"]
+            ]
+        rows.append([LABELS[name], *cells, fmt(pol.get("true_value"), decimals)])
     return rows
 
 
@@ -78,6 +91,7 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
         f"## Segments ({segment_estimator.upper()}, normal {level} intervals; lift vs unpersonalised)",
         "",
     ]
+    decimals = decimals_for(_values(result))
     for column, values in result["segments"].items():
         rows = []
         for label, entry in values.items():
@@ -88,9 +102,9 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
                 lift = pol.get("lift_vs_unpersonalised")
                 true_lift = pol.get("true_lift_vs_unpersonalised")
                 rows.append([
-                    f"{label}", f"{entry['n_rows']:,}", LABELS[name], _cell(pol) if "value" in pol else "—",
+                    f"{label}", f"{entry['n_rows']:,}", LABELS[name], _cell(pol, decimals) if "value" in pol else "—",
                     "—" if lift is None else f"{100 * lift:+.1f}%",
-                    f"{_fmt(pol.get('true_value'))}" + ("" if true_lift is None else f" ({100 * true_lift:+.1f}%)"),
+                    fmt(pol.get("true_value"), decimals) + ("" if true_lift is None else f" ({100 * true_lift:+.1f}%)"),
                 ])  # fmt: skip
         out += [
             f"### {column}",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import INPUT_NAMES, random_inputs
 
@@ -181,7 +182,7 @@ def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) ->
             policy["kind"] = "ensemble"
     policy = dict(policy)
     if policy.get("name") == "thompson" and bundle.uncertainty_cfg.kind != "ensemble":
-        raise ValueError(
+        raise ConfigError(
             f"policy thompson is served for ensembles only; this model's uncertainty is "
             f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/onnx_export.py): export with "
             "policy.name=greedy, epsilon_greedy or softmax"

@@ -29,6 +29,7 @@ import torch
 
 from deepbandit.data.tensors import ImageTable
 from deepbandit.data.vocab import FeatureVocabs
+from deepbandit.errors import ConfigError
 from deepbandit.loop.environments import Environment, Requests
 from deepbandit.losses.objectives import ObjectiveConfig, compute_loss
 from deepbandit.losses.weights import poisson_bootstrap_weights
@@ -185,23 +186,23 @@ class DeepConfig:
     model can represent the truth, and the on-policy logs' tiny propensities would only add variance.
     """
 
-    id_dim: int = 16
-    tower_dim: int = 32
-    hidden_dim: int = 64
-    head_dim: int = 64
+    id_dim: int = 16  # width of the learned embeddings: titles, countries, languages, devices, genres
+    tower_dim: int = 32  # width d of the member and image representations
+    hidden_dim: int = 64  # width of the hidden layer of each tower
+    head_dim: int = 64  # width of the interaction head's last hidden layer
     n_members: int = 5  # ensemble size of deep_thompson (greedy / epsilon use one network)
-    prior_scale: float = 0.0
-    bootstrap: bool = True
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    epochs: int = 2
-    batch_size: int = 512
-    importance_weight_reward: bool = False
-    clip: float = 20.0
-    epsilon: float = 0.1
-    min_propensity: float = 0.0
-    warmup_rounds: int = 1
-    retrain_every: int = 1
+    prior_scale: float = 0.0  # deep_thompson: scale of the randomised prior networks; 0 = none
+    bootstrap: bool = True  # deep_thompson: train each member on its own Poisson(1) bootstrap
+    lr: float = 3e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay (L2 penalty, not decoupled)
+    epochs: int = 2  # passes over everything the agent logged, per retrain
+    batch_size: int = 512  # impressions per Adam step
+    importance_weight_reward: bool = False  # weight the cross-entropy by 1/propensity, clipped at clip
+    clip: float = 20.0  # cap of the importance weights (>= 1); read only with importance_weight_reward
+    epsilon: float = 0.1  # deep_epsilon: probability spread uniformly over the candidates
+    min_propensity: float = 0.0  # floor on every candidate's probability, all deep agents; 0 = none
+    warmup_rounds: int = 1  # rounds served uniformly at random before the first model
+    retrain_every: int = 1  # rounds between retrains (warm start, on everything logged so far)
     serve: str = "onnx"
     # torch threads while training: these small networks train several times faster on one thread than
     # on oversubscribed cores (0: leave torch's setting)
@@ -313,9 +314,9 @@ class DeepAgent:
             "thompson": Thompson("ensemble", min_propensity=cfg.min_propensity),
         }
         if kind not in policies:
-            raise ValueError(f"DeepAgent: kind must be one of {sorted(policies)}, got {kind!r}")
+            raise ConfigError(f"DeepAgent: kind must be one of {sorted(policies)}, got {kind!r}")
         if cfg.serve not in ("onnx", "torch"):
-            raise ValueError(f"DeepAgent: serve must be 'onnx' or 'torch', got {cfg.serve!r}")
+            raise ConfigError(f"DeepAgent: serve must be 'onnx' or 'torch', got {cfg.serve!r}")
         self.name, self.kind, self.cfg, self.policy = f"deep_{kind}", kind, cfg, policies[kind]
         self.featurizer = featurizer
         self.model_cfg = featurizer.model_config(cfg)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.data.world import WorldConfig
+from deepbandit.errors import ConfigError
 from deepbandit.loop.agents import (
     DeepAgent,
     DeepConfig,
@@ -51,31 +52,31 @@ class LoopConfig:
     environment: str = "artwork"  # artwork | digits
     world: WorldConfig = field(default_factory=WorldConfig)  # artwork only
     n_days: int = 14  # artwork timeline: the run's requests spread over it
-    start_date: str = "2024-01-01"
-    n_rounds: int = 10
-    requests_per_round: int = 4000
+    start_date: str = "2024-01-01"  # artwork: UTC midnight of the first day (YYYY-MM-DD)
+    n_rounds: int = 10  # rounds; every agent decides a round's requests, then learns from them
+    requests_per_round: int = 4000  # requests per round, the same ones for every agent
     agents: list[str] = field(default_factory=lambda: list(AGENTS))
     ts_samples: int = 32  # posterior draws per request of the unpersonalised Thompson bandit
-    linucb_alpha: float = 0.5
+    linucb_alpha: float = 0.5  # linucb: weight alpha of the confidence width in the score
     deep: DeepConfig = field(default_factory=DeepConfig)
     vw: VWConfig = field(default_factory=VWConfig)  # the vw agent (skipped when vowpalwabbit is missing)
-    seed: int = 0
-    out_dir: str = "loop"
+    seed: int = 0  # seeds the world, the request stream, the reward noise and the agents
+    out_dir: str = "loop"  # run directory: loop.json, plots, logs/<agent>.parquet, exports/ (ONNX)
     keep_logs: bool = True  # write each agent's logged impressions as Parquet
-    plots: bool = True
-    progress: bool = True
+    plots: bool = True  # write cumulative_regret.png and take_rate.png
+    progress: bool = True  # show a progress bar over the rounds
 
     def validate(self) -> None:
         if self.environment not in ENVIRONMENTS:
-            raise ValueError(
+            raise ConfigError(
                 f"loop config: environment must be one of {ENVIRONMENTS}, got {self.environment!r}"
             )
         unknown = [a for a in self.agents if a not in AGENTS]
         if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
-            raise ValueError(f"loop config: agents must be distinct names among {AGENTS}, got {self.agents}")
+            raise ConfigError(f"loop config: agents must be distinct names among {AGENTS}, got {self.agents}")
         for name in ("n_rounds", "requests_per_round", "ts_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
 
 
 def make_environment(cfg: LoopConfig) -> Environment:

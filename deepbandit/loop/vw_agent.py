@@ -56,12 +56,12 @@ class VWConfig:
     """
 
     exploration: str = "epsilon"
-    epsilon: float = 0.05
+    epsilon: float = 0.05  # exploration=epsilon: probability of a uniform choice (--epsilon)
     gamma_scale: float = 10.0
-    learning_rate: float = 0.5
-    bits: int = 20
+    learning_rate: float = 0.5  # VW learning rate (-l)
+    bits: int = 20  # bits of VW's feature hash (-b): 2^bits weights
     interactions: list[str] = field(default_factory=lambda: ["UI", "UE", "CI", "CE"])
-    extra_args: str = ""
+    extra_args: str = ""  # appended verbatim to the VW command line, e.g. "--cb_type dr"
 
     def arguments(self, seed: int) -> str:
         if self.exploration == "epsilon":

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deepbandit.errors import ConfigError
 from deepbandit.losses.weights import check_pscore, importance_weights
 from deepbandit.models.encoders import PAD_LOGIT
 
@@ -24,14 +25,14 @@ from deepbandit.models.encoders import PAD_LOGIT
 
 def _threshold(reward: Tensor, threshold: float | Sequence[float]) -> Tensor:
     if not isinstance(threshold, int | float):
-        raise ValueError(f"the threshold transform takes one float threshold, got {threshold!r}")
+        raise ConfigError(f"the threshold transform takes one float threshold, got {threshold!r}")
     return (reward >= threshold).float()
 
 
 def _graded(reward: Tensor, threshold: float | Sequence[float]) -> Tensor:
     cuts = [threshold] if isinstance(threshold, int | float) else list(threshold)
     if not cuts or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-        raise ValueError(f"the graded transform needs strictly increasing cut points, got {threshold!r}")
+        raise ConfigError(f"the graded transform needs strictly increasing cut points, got {threshold!r}")
     edges = torch.tensor(cuts, dtype=reward.dtype, device=reward.device)
     return torch.bucketize(reward, edges, right=True).float() / len(cuts)  # cut points <= r, over #cuts
 
@@ -56,7 +57,9 @@ def reward_targets(
     i.e. levels 0, 1/m, ..., 1 (e.g. cuts (0.25, 0.5, 0.75) map a 0.6 play to 2/3).
     """
     if transform not in REWARD_TRANSFORMS:
-        raise ValueError(f"unknown reward transform {transform!r}; choose one of {sorted(REWARD_TRANSFORMS)}")
+        raise ConfigError(
+            f"unknown reward transform {transform!r}; choose one of {sorted(REWARD_TRANSFORMS)}"
+        )
     if validate:
         bad = ~(torch.isfinite(reward) & (reward >= 0) & (reward <= 1))
         if bad.any():
@@ -123,22 +126,22 @@ class ObjectiveConfig:
     validate: check inputs every call (syncs; for debugging and the first batch).
     """
 
-    name: str = "reward"
+    name: str = "reward"  # reward (cross-entropy only) | ips | snips | dr (cross-entropy + policy term)
     clip: float | None = None
-    self_normalise: bool = False
+    self_normalise: bool = False  # divide the importance weights by their batch mean
     importance_weight_reward: bool = False
-    temperature: float = 1.0
-    reward_weight: float = 1.0
-    policy_weight: float = 1.0
-    validate: bool = False
+    temperature: float = 1.0  # ips, snips, dr: temperature of the softmax policy they train; > 0
+    reward_weight: float = 1.0  # weight of the cross-entropy term in the loss
+    policy_weight: float = 1.0  # ips, snips, dr: weight of the policy term in the loss
+    validate: bool = False  # check the loss inputs on every call (host syncs; for debugging)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.name!r}; choose one of {sorted(OBJECTIVES)}")
+            raise ConfigError(f"unknown objective {self.name!r}; choose one of {sorted(OBJECTIVES)}")
         if self.clip is not None and not self.clip >= 1:
-            raise ValueError(f"ObjectiveConfig.clip must be >= 1 or None, got {self.clip}")
+            raise ConfigError(f"ObjectiveConfig.clip must be >= 1 or None, got {self.clip}")
         if not self.temperature > 0:
-            raise ValueError(f"ObjectiveConfig.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"ObjectiveConfig.temperature must be > 0, got {self.temperature}")
 
     def unused_options(self) -> list[str]:
         """Options set to something that this objective never reads (a sweep over them repeats one run):

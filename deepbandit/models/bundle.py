@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deepbandit.data.vocab import FeatureVocabs
+from deepbandit.errors import ConfigError
 from deepbandit.models.encoders import ModelConfig
 from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
 
@@ -100,10 +101,12 @@ class ModelBundle:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # unpickling errors come in many types; name the file whatever they are
-            raise ValueError(f"{path}: not a readable deepbandit model bundle ({err})") from err
+            raise ConfigError(f"{path}: not a readable deepbandit model bundle ({err})") from err
         if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise ValueError(f"{path}: bundle format {found!r}, this deepbandit reads format {BUNDLE_FORMAT}")
+            raise ConfigError(
+                f"{path}: bundle format {found!r}, this deepbandit reads format {BUNDLE_FORMAT}"
+            )
         return cls(
             model_cfg=ModelConfig(**payload["model_cfg"]),
             uncertainty_cfg=UncertaintyConfig(**payload["uncertainty_cfg"]),

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from deepbandit.errors import ConfigError
 from deepbandit.models.encoders import PAD_LOGIT, ModelConfig
 from deepbandit.models.scorer import ArtworkScorer
 
@@ -39,20 +40,20 @@ class UncertaintyConfig:
     Bayesian linear regression.
     """
 
-    kind: str = "none"
-    n_members: int = 10
-    prior_scale: float = 0.0
-    bootstrap: bool = True
-    bootstrap_seed: int = 0
-    n_samples: int = 16
-    prior_precision: float = 1.0
-    noise_variance: float = 1.0
+    kind: str = "none"  # posterior for Thompson sampling: none | ensemble | mc_dropout | neural_linear
+    n_members: int = 10  # ensemble: members K (>= 2)
+    prior_scale: float = 0.0  # ensemble: scale beta of the randomised prior networks; 0 = none
+    bootstrap: bool = True  # ensemble: train each member on its own Poisson(1) bootstrap of the rows
+    bootstrap_seed: int = 0  # ensemble: seed of the bootstrap weights
+    n_samples: int = 16  # mc_dropout, neural_linear: default number of posterior draws
+    prior_precision: float = 1.0  # neural_linear: prior precision alpha of the last-layer weights
+    noise_variance: float = 1.0  # neural_linear: noise variance sigma^2; 1 = exact Laplace, larger = tempered
 
     def __post_init__(self) -> None:
         if self.kind not in UNCERTAINTY:
-            raise ValueError(f"unknown uncertainty kind {self.kind!r}; choose one of {sorted(UNCERTAINTY)}")
+            raise ConfigError(f"unknown uncertainty kind {self.kind!r}; choose one of {sorted(UNCERTAINTY)}")
         if self.n_samples < 1 or self.n_members < 1:
-            raise ValueError(f"n_samples and n_members must be >= 1, got {self.n_samples}, {self.n_members}")
+            raise ConfigError(f"n_samples and n_members must be >= 1, got {self.n_samples}, {self.n_members}")
 
 
 class EnsembleScorer(nn.Module):

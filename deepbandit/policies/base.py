@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from deepbandit.errors import ConfigError
 from deepbandit.policies.sticky import sticky_uniforms
 
 KEY_NAMES = ("member_id", "title_id", "timestamp")  # what a sticky draw is keyed by
@@ -177,14 +178,14 @@ class Policy:
     def __post_init__(self) -> None:
         cls = type(self).__name__
         if not 0.0 <= self.min_propensity <= 1.0:
-            raise ValueError(f"{cls}.min_propensity must be in [0, 1], got {self.min_propensity}")
+            raise ConfigError(f"{cls}.min_propensity must be in [0, 1], got {self.min_propensity}")
         if not isinstance(self.sticky_window_seconds, int | np.integer) or self.sticky_window_seconds < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{cls}.sticky_window_seconds must be an integer >= 0 (0 = not sticky), "
                 f"got {self.sticky_window_seconds!r}"
             )
         if not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 1 << 64:
-            raise ValueError(f"{cls}.seed must be an integer in [0, 2**64), got {self.seed!r}")
+            raise ConfigError(f"{cls}.seed must be an integer in [0, 2**64), got {self.seed!r}")
 
     @property
     def sticky(self) -> bool:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from deepbandit.errors import ConfigError
 from deepbandit.policies.base import Policy, check_candidate_mask, fail_rows
 
 
@@ -41,7 +42,7 @@ def _one_hot(best: np.ndarray, n_actions: int) -> np.ndarray:
 
 def _check_epsilon(owner: str, epsilon: float) -> None:
     if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"{owner}.epsilon must be in [0, 1], got {epsilon}")
+        raise ConfigError(f"{owner}.epsilon must be in [0, 1], got {epsilon}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Softmax(Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"Softmax.temperature must be finite and > 0, got {self.temperature}")
+            raise ConfigError(f"Softmax.temperature must be finite and > 0, got {self.temperature}")
 
     def _policy_dist(self, x, candidate_mask, n_valid):
         z = np.where(candidate_mask, x.astype(np.float64), -np.inf)
@@ -124,7 +125,7 @@ class Thompson(Policy):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.kind not in THOMPSON_KINDS:
-            raise ValueError(f"Thompson.kind must be one of {THOMPSON_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"Thompson.kind must be one of {THOMPSON_KINDS}, got {self.kind!r}")
         _check_epsilon(type(self).__name__, self.epsilon)
 
     def _epsilon(self) -> float:
@@ -171,5 +172,5 @@ POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Greedy, EpsilonGreedy, 
 def make_policy(name: str, **params) -> Policy:
     """The policy called ``name`` (a key of ``POLICIES``) built from its fields, e.g. from a config."""
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+        raise ConfigError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     return POLICIES[name](**params)

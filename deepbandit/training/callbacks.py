@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import lightning as L
 import torch
 
+from deepbandit.errors import UserError
 
-class NonFiniteLossError(RuntimeError):
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
@@ -102,3 +109,35 @@ class TrueValueMonitor(L.Callback):
             pl_module.log(
                 "true/gain_over_unpersonalised_bandit", values["greedy"] - values["unpersonalised_bandit"]
             )
+
+
+class EpochLines(L.Callback):
+    """One log line per epoch (training loss, the monitored validation value with its interval, seconds):
+    the progress report when the output is not a terminal, where a progress bar would print a wall of
+    carriage returns. Reads the loss from the device once per epoch."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the epoch's validation (callbacks' validation hooks run before the module has logged)
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if "train/loss" in m:
+            parts.append(f"train/loss {float(m['train/loss']):.4g}")
+        if self.monitor in m:
+            value = f"{self.monitor} {float(m[self.monitor]):.4g}"
+            lower, upper = m.get(f"{self.monitor}_lower"), m.get(f"{self.monitor}_upper")
+            if lower is not None and upper is not None:
+                value += f" [{float(lower):.4g}, {float(upper):.4g}]"
+            parts.append(value)
+        if "true/greedy" in m:
+            parts.append(f"true/greedy {float(m['true/greedy']):.4g}")
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        log.info(", ".join(parts))

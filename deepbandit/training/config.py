@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
+from deepbandit.errors import ConfigError
 from deepbandit.losses.objectives import ObjectiveConfig
 from deepbandit.models.uncertainty import UncertaintyConfig
 
@@ -28,9 +30,9 @@ class DataConfig:
     path: str = "???"
     val_fraction: float = 0.2
     split_at: str | None = None
-    max_history: int = 64
+    max_history: int = 64  # most recent played titles the model reads per impression
     resident: bool | None = None
-    resident_max_rows: int = 20_000_000
+    resident_max_rows: int = 20_000_000  # row limit for resident=null to hold a split on the device
     stream_batch_rows: int = 65_536  # Parquet rows read and converted at once on the streaming path
     num_workers: int = 0  # streaming loader workers
     validate: bool = True  # validate_dataset(path, mode="strict") before training
@@ -43,14 +45,14 @@ class ModelGroupConfig:
     ``hidden`` is ModelConfig.hidden_dim (short so that ``model.hidden=64,256`` sweeps read naturally).
     """
 
-    hidden: int = 128
-    tower_dim: int = 64
-    head_dim: int = 128
-    id_dim: int = 32
-    dropout: float = 0.0
-    last_layer_dropout: float = 0.0
-    pooling: str = "mean"
-    image_id_hash_buckets: int = 0
+    hidden: int = 128  # width of the hidden layer of each tower (ModelConfig.hidden_dim)
+    tower_dim: int = 64  # width d of the member and image representations
+    head_dim: int = 128  # width of the interaction head's last hidden layer (neural-linear features)
+    id_dim: int = 32  # width of the learned embeddings: titles, countries, languages, devices, genres
+    dropout: float = 0.0  # dropout on each tower's hidden layer, in [0, 1)
+    last_layer_dropout: float = 0.0  # dropout on the head's last hidden layer, in [0, 1)
+    pooling: str = "mean"  # pooling of the viewing history: mean | attention
+    image_id_hash_buckets: int = 0  # hash buckets of a learned image-id embedding; 0 = none (content only)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class LossConfig(ObjectiveConfig):
     """ObjectiveConfig (``name``, ``clip``, ...) plus the label transform of ``reward_targets``."""
 
     transform: str = "identity"
-    threshold: float = 0.5
+    threshold: float = 0.5  # transform=threshold: label 1 where reward >= threshold, else 0
 
     def objective(self) -> ObjectiveConfig:
         return ObjectiveConfig(**{f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)})
@@ -70,34 +72,35 @@ class PolicyConfig:
     default) | softmax | greedy | thompson (needs ``uncertainty=ensemble`` or ``mc_dropout``, see
     ``check_choices``). ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
 
-    name: str = "epsilon_greedy"
-    epsilon: float = 0.1
-    temperature: float = 1.0
+    name: str = "epsilon_greedy"  # epsilon_greedy | softmax | greedy | thompson
+    epsilon: float = 0.1  # probability spread uniformly over the candidates (epsilon_greedy, thompson)
+    temperature: float = 1.0  # softmax: probabilities proportional to exp(logit / temperature); > 0
+    # thompson: posterior draws per request; null: all members (mc_dropout: uncertainty.n_samples)
     n_samples: int | None = None
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 5
+    max_epochs: int = 5  # passes over the training split
     batch_size: int = 1024  # global batch: split evenly over DDP ranks
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    gradient_clip_val: float | None = None
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW (decoupled) weight decay
+    gradient_clip_val: float | None = None  # clip the gradient norm at this; null: no clipping
     precision: str = "32-true"  # "bf16-mixed" on GPUs
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
+    accelerator: str = "auto"  # Lightning accelerator: auto | cpu | gpu | cuda | mps | tpu
+    devices: int | str = 1  # devices per node: a count, -1 = all, "auto", or a list such as "0,1"
+    num_nodes: int = 1  # machines in a distributed run
     strategy: str = "auto"  # "ddp" for several processes
-    compile: bool = False
-    seed: int = 0
+    compile: bool = False  # torch.compile the training step (forward and loss)
+    seed: int = 0  # seeds the initial weights, the batch order and the validation draws
     logger: str = "csv"  # csv | tensorboard | mlflow | none
     monitor: str = "val/snips_greedy"  # metric whose maximum ModelCheckpoint keeps
     ckpt_path: str | None = None  # resume from this Lightning checkpoint
-    progress: bool = True
+    progress: bool = True  # show the progress bar
     progress_every_n_steps: int = 1  # progress bar refresh (each refresh reads the loss: a host sync)
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = 50  # training steps between logged training metrics
     finite_check_every_n_steps: int = 1  # how often the host reads the non-finite-loss flag (FiniteLossCheck)
-    deterministic: bool = False
+    deterministic: bool = False  # use only deterministic torch algorithms (slower; Lightning's flag)
     val_interval: str = "normal"  # interval on the validation estimates: normal | bootstrap | none
 
 
@@ -129,18 +132,18 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     """
     policy, kind, model = cfg.policy.name, cfg.uncertainty.kind, cfg.model
     if kind == "mc_dropout" and model.dropout == 0 and model.last_layer_dropout == 0:
-        raise ValueError(
+        raise ConfigError(
             "uncertainty=mc_dropout needs dropout to sample: set model.last_layer_dropout (e.g. 0.1) or "
             "model.dropout above 0"
         )
     if kind == "ensemble" and cfg.uncertainty.n_members < 2:
-        raise ValueError(
+        raise ConfigError(
             f"uncertainty=ensemble needs uncertainty.n_members >= 2, got {cfg.uncertainty.n_members}"
         )
     if policy != "thompson":
         return []
     if kind not in POSTERIORS:
-        raise ValueError(
+        raise ConfigError(
             f"policy=thompson needs a posterior to sample from: uncertainty=ensemble (served by export) or "
             f"mc_dropout, got uncertainty={kind}. For a single model choose policy=epsilon_greedy (the "
             "default), softmax or greedy."
@@ -153,18 +156,17 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     return []
 
 
+def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """A TrainConfig from a composed DictConfig (validated through the schema) or as is."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
+
+
 def register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    for group, node in (
-        ("data", DataConfig),
-        ("model", ModelGroupConfig),
-        ("uncertainty", UncertaintyConfig),
-        ("loss", LossConfig),
-        ("policy", PolicyConfig),
-        ("trainer", TrainerConfig),
-    ):
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    # The root schema types every group below it: a typo in conf/model/*.yaml fails like one on the command
+    # line. The groups get no schema of their own, which would show up as an option (`model=model_schema`).
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 register()

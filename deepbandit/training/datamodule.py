@@ -33,13 +33,14 @@ from deepbandit.data import io
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE
 from deepbandit.data.tensors import ImageTable, ImpressionBatch, ImpressionStream, table_to_batch
 from deepbandit.data.vocab import FeatureVocabs
+from deepbandit.errors import UserError
 from deepbandit.training.config import DataConfig
 
 _US = 1_000_000
 log = logging.getLogger(__name__)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError, ValueError):
     """The logs cannot train a useful model (nothing to learn, deterministic logging, empty split)."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -28,23 +29,16 @@ from omegaconf import DictConfig, OmegaConf
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
 from deepbandit.data.world import World, candidates_from_impressions, contexts_from_impressions
+from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
-from deepbandit.training.callbacks import FiniteLossCheck, StreamEpoch, TrueValueMonitor
-from deepbandit.training.config import TrainConfig, check_choices
+from deepbandit.training.callbacks import EpochLines, FiniteLossCheck, StreamEpoch, TrueValueMonitor
+from deepbandit.training.config import TrainConfig, check_choices, typed_config
 from deepbandit.training.datamodule import BanditDataModule
 from deepbandit.training.module import BanditModule, model_inputs
 
 log = logging.getLogger(__name__)
-
-
-def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """A TrainConfig from a composed DictConfig (validated through the schema) or as is."""
-    if isinstance(cfg, TrainConfig):
-        return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-    return OmegaConf.to_object(merged)
 
 
 def model_config(cfg: TrainConfig, dm: BanditDataModule) -> ModelConfig:
@@ -84,7 +78,30 @@ def _logger(cfg: TrainConfig, out_dir: Path):
         raise ModuleNotFoundError(
             f"trainer.logger={kind} needs its package: pip install 'deepbandit[{kind}]' ({e})"
         ) from e
-    raise ValueError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
+    raise ConfigError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Each of Lightning's lines once, and none that is not about this run.
+
+    Lightning gives its loggers handlers of their own when it is imported; where the root logger already
+    prints (Hydra's console handler), every line would appear twice. Its advert for a cloud logger, its
+    own deprecation notices and the note that a short epoch logs less often than log_every_n_steps say
+    nothing about the run."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, logger, callbacks: list | None = None) -> L.Trainer:
@@ -104,9 +121,12 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, logger, callbacks: list | Non
         filename="last",
         enable_version_counter=False,
     )
-    progress = (
-        [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=t.progress_every_n_steps)] if t.progress else []
-    )
+    # A progress bar on a terminal; elsewhere (a pipe, a CI log, a notebook's captured output) a line per epoch.
+    bar = t.progress and sys.stderr.isatty()
+    progress = [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=t.progress_every_n_steps)] if bar else []
+    if t.progress and not bar:
+        progress = [EpochLines(t.monitor)]
+    _quiet_lightning()
     return L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -124,7 +144,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, logger, callbacks: list | Non
             *progress,
             *(callbacks or []),
         ],
-        enable_progress_bar=t.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,

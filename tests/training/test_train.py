@@ -292,7 +292,7 @@ def test_seeded_runs_are_reproducible_on_cpu_and_log_to_csv(small_data, tmp_path
 def _gpu_trainer_config(data, accelerator: str) -> TrainConfig:
     """conf/trainer/gpu.yaml (bf16 autocast, compiled loss step, rare host reads), sized for tiny data."""
     import deepbandit.cli.train  # noqa: F401  (registers train_schema)
-    from deepbandit.training.train import typed_config
+    from deepbandit.training.config import typed_config
 
     overrides = [f"data.path={data}", "trainer=gpu", f"trainer.accelerator={accelerator}", "trainer.batch_size=512",
                  "trainer.max_epochs=1", "trainer.logger=none", "trainer.progress=false", "model=small", "out_dir=null"]  # fmt: skip
@@ -358,8 +358,7 @@ def test_default_training_config_exports_an_exploring_policy():
     import deepbandit.cli.train  # noqa: F401  (registers train_schema)
     from deepbandit.export.onnx_export import serving_policy
     from deepbandit.models.uncertainty import UncertaintyConfig
-    from deepbandit.training.config import check_choices
-    from deepbandit.training.train import typed_config
+    from deepbandit.training.config import check_choices, typed_config
 
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = typed_config(compose("train", overrides=["data.path=x", "out_dir=null"]))
