@@ -6,6 +6,8 @@ deepbandit loop environment=digits agents=[random,linucb,deep_thompson] deep.ser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +24,11 @@ def run(cfg: DictConfig | LoopConfig) -> dict:
     if not isinstance(cfg, LoopConfig):
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LoopConfig), cfg))
     result = run_loop(cfg)
-    cli_console().print(summary_table(result))
+    console = cli_console()
+    console.print(summary_table(result))
+    out = Path(result["out_dir"])
+    written = [out / "loop.json", *sorted(out.glob("*.png")), *([out / "logs"] if cfg.keep_logs else [])]
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out}", soft_wrap=True)
     return result
 
 

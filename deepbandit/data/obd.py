@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto needs ipywidgets in a notebook and warns without them
 
 from deepbandit.data import schema
 from deepbandit.data.io import DEFAULT_ROW_GROUP_ROWS, write_parquet_atomic

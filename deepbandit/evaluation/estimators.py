@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto needs ipywidgets in a notebook and warns without them
 
 from deepbandit.evaluation.checks import (
     Array,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,7 +158,9 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     logs: dict[str, list[pa.Table]] = {n: [] for n in names}
     from rich.progress import Progress
 
-    with Progress(disable=not cfg.progress, transient=True) as progress:
+    # a bar on a terminal; elsewhere (a pipe, CI, a notebook) one log line per round
+    lines = cfg.progress and not sys.stderr.isatty()
+    with Progress(disable=not cfg.progress or lines, transient=True) as progress:
         task = progress.add_task("loop", total=cfg.n_rounds)
         for r in range(cfg.n_rounds):
             if r:
@@ -182,6 +185,12 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
                 if cfg.keep_logs:
                     logs[agent.name].append(impressions_table(requests, d, rewards))
             progress.advance(task)
+            if lines:
+                regret = ", ".join(f"{n} {sum(stats[n]['regret']):.1f}" for n in names)
+                log.info(
+                    "round %d/%d: %d requests, %.0f s; cumulative regret: %s",
+                    r + 1, cfg.n_rounds, (r + 1) * cfg.requests_per_round, time.perf_counter() - t0, regret,
+                )  # fmt: skip
     result = {
         "environment": getattr(env, "name", type(env).__name__),
         "n_rounds": cfg.n_rounds,
