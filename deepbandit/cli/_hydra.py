@@ -76,8 +76,12 @@ BUNDLE_FILE = (
 DEBUG_ENV = "DEEPBANDIT_DEBUG"  # set by `deepbandit ... --debug`: every error keeps its traceback
 
 
+MAX_MESSAGE = 600  # characters: a message past this is cut, the rest is one --debug away
+
+
 def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + " ... (--debug shows the whole message)"
 
 
 def user_error_message(err: BaseException, command: str) -> tuple[str, str | None] | None:

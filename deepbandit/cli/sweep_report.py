@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.table import Table
 
 from deepbandit.cli._hydra import console as cli_console
+from deepbandit.formatting import decimals_for, fmt
 
 
 def collect(root: str | Path, metric: str | None = None) -> list[dict]:
@@ -55,10 +56,10 @@ def table(rows: list[dict]) -> Table:
     t = Table(title=f"runs ranked by {rows[0]['metric']}")
     for name in ("#", "run", "overrides", "value", "95% interval", "true greedy"):
         t.add_column(name, justify="right" if name in ("#", "value") else "left")
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    d = decimals_for(v for r in rows for v in (r["value"], r["lower"], r["upper"], r["true_greedy"]))
     for i, r in enumerate(rows, 1):
-        interval = "-" if r["lower"] is None else f"[{r['lower']:.4f}, {r['upper']:.4f}]"
-        t.add_row(str(i), r["run"], r["overrides"], fmt(r["value"]), interval, fmt(r["true_greedy"]))
+        interval = "-" if r["lower"] is None else f"[{fmt(r['lower'], d)}, {fmt(r['upper'], d)}]"
+        t.add_row(str(i), r["run"], r["overrides"], fmt(r["value"], d), interval, fmt(r["true_greedy"], d))
     return t
 
 

@@ -22,7 +22,7 @@ from deepbandit.cli._hydra import (
 from deepbandit.cli._hydra import (
     console as cli_console,
 )
-from deepbandit.evaluation.numbers import decimals_for, fmt
+from deepbandit.formatting import decimals_for, fmt
 from deepbandit.training.config import check_choices, register, typed_config
 
 register()

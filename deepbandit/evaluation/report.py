@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deepbandit.evaluation.numbers import decimals_for, fmt
 from deepbandit.evaluation.plots import LABELS, ORDER
+from deepbandit.formatting import decimals_for, fmt
 
 
 def _values(result: dict) -> list[float | None]:

@@ -97,11 +97,17 @@ class ModelBundle:
     def load(cls, path: str | os.PathLike) -> ModelBundle:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no model bundle at {path} (training writes <run_dir>/model.pt)")
+            raise FileNotFoundError(
+                f"no model bundle at {path} (deepbandit train writes <run dir>/model.pt, deepbandit pipeline "
+                "<run dir>/train/model.pt)"
+            )
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # unpickling errors come in many types; name the file whatever they are
-            raise ConfigError(f"{path}: not a readable deepbandit model bundle ({err})") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if first.startswith("Weights only load failed"):  # torch's advice to unpickle is not ours to give
+                first = "not a file deepbandit wrote: the safe, weights-only load refused it"
+            raise ConfigError(f"{path}: not a readable deepbandit model bundle ({first})") from err
         if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
             raise ConfigError(
