@@ -1,4 +1,5 @@
-"""Shared Hydra plumbing for the thin entry points.
+"""Shared plumbing for the thin entry points: `entry_point` (Hydra's main with the required-option check
+and one-line user errors), the path checks that run before heavy imports, and the console they print to.
 
 Configs live in the top-level `conf/` folder, installed as the package `deepbandit.conf`, so that
 `pkg://deepbandit.conf` finds them from an editable checkout and from an installed wheel alike.
@@ -21,6 +22,13 @@ from deepbandit.errors import ConfigError
 
 CONFIG_PATH = "pkg://deepbandit.conf"
 HYDRA_VERSION_BASE = "1.3"
+DEBUG_ENV = "DEEPBANDIT_DEBUG"  # set by `deepbandit ... --debug`: every error keeps its traceback
+MAX_MESSAGE = 600  # characters of an error message; the rest is one --debug away
+# what the path checks say a folder or file should be
+DATASET_ROOT = "a dataset root holds impressions/, images.parquet and titles.parquet"
+BUNDLE_FILE = (
+    "deepbandit train writes <run dir>/model.pt; deepbandit pipeline writes <run dir>/train/model.pt"
+)
 
 
 def run_dir() -> Path:
@@ -65,18 +73,6 @@ def require_file(path: str, option: str, what: str) -> Path:
             f"{option}={path}: {'a folder, not a file' if file.is_dir() else 'no such file'} ({what})"
         )
     return file
-
-
-DATASET_ROOT = "a dataset root holds impressions/, images.parquet and titles.parquet"
-BUNDLE_FILE = (
-    "deepbandit train writes <run dir>/model.pt; deepbandit pipeline writes <run dir>/train/model.pt"
-)
-
-
-DEBUG_ENV = "DEEPBANDIT_DEBUG"  # set by `deepbandit ... --debug`: every error keeps its traceback
-
-
-MAX_MESSAGE = 600  # characters: a message past this is cut, the rest is one --debug away
 
 
 def _one_line(text: str) -> str:

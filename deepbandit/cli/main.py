@@ -64,23 +64,19 @@ def _usage() -> str:
 
 
 def _run(name: str, rest: list[str], debug: bool) -> None:
-    module_name = SUBCOMMANDS[name][0]
     sys.argv = [f"deepbandit {name}", *rest]
-    if debug:
-        os.environ[DEBUG_ENV] = "1"  # the task's own error wrapper (`exit_on_user_error`) re-raises too
-        os.environ["HYDRA_FULL_ERROR"] = "1"  # and Hydra shows the whole traceback, not a trimmed one
-        importlib.import_module(module_name).main()
-        return
-    # Exceptions raised while Hydra composes the config come back here instead of being printed by Hydra
-    # as a trimmed traceback; those raised by the task itself are reported by `exit_on_user_error`.
+    # Exceptions come back to us, not to Hydra's trimmed-traceback printer: those raised while Hydra composes
+    # the config here, those raised by the task to its `exit_on_user_error` wrapper.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the task's wrapper re-raises too
     try:
-        importlib.import_module(module_name).main()
+        importlib.import_module(SUBCOMMANDS[name][0]).main()
     except KeyboardInterrupt:
         print(f"deepbandit {name}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as err:
-        if not report_user_error(err, name):
+        if debug or not report_user_error(err, name):
             raise
         raise SystemExit(2) from None
 
