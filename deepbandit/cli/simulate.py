@@ -4,7 +4,7 @@
     deepbandit simulate world=tiny n_impressions=20000 logging_policy=uniform out_dir=data/tiny
     deepbandit simulate world=large n_impressions=10000000 logging_policy.sticky_window_hours=24
 
-Writes ``out_dir`` (default ``<hydra run dir>/data``) as described in docs/simulator.md, prints a summary
+Writes ``out_dir`` (default ``data/sim``; no run folder) as described in docs/simulator.md, prints a summary
 table (rows, take rate, true value of random / logging / best-unpersonalised / oracle) and returns it.
 """
 
