@@ -21,6 +21,8 @@ if __name__ == "__main__":
     for path in [Path(p) for p in sys.argv[1:]] or NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         with tempfile.TemporaryDirectory() as cwd:
-            nbclient.NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": cwd}}).execute()
+            nbclient.NotebookClient(
+                nb, kernel_name="python3", resources={"metadata": {"path": cwd}}
+            ).execute()
         nbformat.write(nb, path)
         print(f"executed and saved {path}")

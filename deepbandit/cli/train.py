@@ -40,10 +40,11 @@ _POLICY_ROWS = (
 )
 
 
-def metrics_table(metrics: dict, policy: str = "epsilon_greedy") -> Table:
-    """The validation policy values (SNIPS and DR with their intervals) beside the baselines: the logging
-    policy's observed mean reward and, on simulated data, the true values of the model and of random, the
-    unpersonalised bandit, the best image and the oracle. All values share the decimals their scale needs."""
+def metrics_rows(metrics: dict, policy: str = "epsilon_greedy") -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the validation policy values (SNIPS and DR with their intervals) beside the
+    baselines: the logging policy's observed mean reward and, on simulated data, the true values of the model
+    and of random, the unpersonalised bandit, the best image and the oracle. All values share the decimals
+    their scale needs."""
     val, truth = metrics.get("val", {}), metrics.get("true", {}).get("all", {})
     numbers = [v for k, v in val.items() if k.startswith(("val/snips_", "val/dr_"))]
     numbers += [v for k, v in truth.items() if k != "rows" and not k.endswith("_se")]
@@ -56,10 +57,8 @@ def metrics_table(metrics: dict, policy: str = "epsilon_greedy") -> Table:
         lower, upper = val.get(f"{name}_lower"), val.get(f"{name}_upper")
         return fmt(v, d) + ("" if lower is None else f" [{fmt(lower, d)}, {fmt(upper, d)}]")
 
-    rows_val = metrics.get("rows", {}).get("val")
-    table = Table(title=f"policy values on {rows_val:,} held-out impressions" if rows_val else "validation")
-    for column in ("policy", "SNIPS [95%]", "DR [95%]", *(["true"] if truth else [])):
-        table.add_column(column, justify="left" if column == "policy" else "right")
+    header = ["policy", "SNIPS [95%]", "DR [95%]", *(["true"] if truth else [])]
+    rows = []
     for label, key, true_key in _POLICY_ROWS:
         if key == "{policy}" and policy == "greedy":
             continue
@@ -70,7 +69,19 @@ def metrics_table(metrics: dict, policy: str = "epsilon_greedy") -> Table:
         if truth:
             cells.append(fmt(truth.get(true_key), d) if true_key else "")
         if any(cells):
-            table.add_row(label.format(policy=policy), *cells)
+            rows.append([label.format(policy=policy), *cells])
+    return header, rows
+
+
+def metrics_table(metrics: dict, policy: str = "epsilon_greedy") -> Table:
+    """``metrics_rows`` as a rich table."""
+    header, rows = metrics_rows(metrics, policy)
+    rows_val = metrics.get("rows", {}).get("val")
+    table = Table(title=f"policy values on {rows_val:,} held-out impressions" if rows_val else "validation")
+    for column in header:
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
