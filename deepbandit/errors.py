@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An option value, or a combination of options, that cannot work."""
+
+
+class DataError(UserError, ValueError):
+    """Logs or files that cannot be used as given: the message names the file, column and row."""

@@ -8,8 +8,10 @@ Configs live in the top-level `conf/` folder, installed as the package `deepband
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -131,6 +133,27 @@ def report_user_error(err: BaseException, command: str) -> bool:
     return True
 
 
+def _remove_empty_run_dir() -> None:
+    """A run stopped by a mistake leaves no outputs/<date>/<time>/ behind that holds only Hydra's own
+    files (.hydra/ and the log): it produced nothing."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    run = Path(hydra_cfg.runtime.output_dir)
+    own = {".hydra", f"{hydra_cfg.job.name}.log"}
+    if hydra_cfg.mode.name != "RUN" or not run.is_dir() or run.resolve() == Path.cwd().resolve():
+        return
+    if {p.name for p in run.iterdir()} <= own:
+        logging.shutdown()  # the log file's handler lets go of it
+        shutil.rmtree(run, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for folder in run.resolve().parents:  # outputs/<date>/, outputs/: when this run was all they held
+            if folder == cwd or cwd not in folder.parents or any(folder.iterdir()):
+                break
+            folder.rmdir()
+
+
 def exit_on_user_error(command: str):
     """Decorate a Hydra task: a user's mistake raised inside it exits with code 2 after one or two lines on
     stderr (SystemExit passes through Hydra's job runner, which would otherwise print the failing job's
@@ -144,6 +167,7 @@ def exit_on_user_error(command: str):
             except Exception as err:
                 if os.environ.get(DEBUG_ENV) == "1" or not report_user_error(err, command):
                     raise
+                _remove_empty_run_dir()
                 raise SystemExit(2) from None
 
         return wrapped

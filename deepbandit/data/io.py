@@ -36,6 +36,7 @@ from deepbandit.data.schema import (
     METADATA_VERSION_KEY,
     SCHEMA_VERSION,
 )
+from deepbandit.errors import ConfigError, DataError
 
 IGNORED_PREFIXES = (".", "_")  # never read: temp files of atomic writes, _SUCCESS/_metadata markers
 DEFAULT_BATCH_ROWS = 65_536
@@ -210,11 +211,11 @@ def _check_same_schema(dataset: ds.Dataset) -> None:
             da, db = ({name: str(t) for name, t in x} for x in (a, b))
             diff = sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
             details = ", ".join(f"{k}: {da.get(k, 'absent')} vs {db.get(k, 'absent')}" for k in diff)
-            raise ValueError(f"{fragment.path}: columns differ from {first}: {details or 'column order'}")
+            raise DataError(f"{fragment.path}: columns differ from {first}: {details or 'column order'}")
         version = (schema.metadata or {}).get(METADATA_VERSION_KEY)
         first_version = (first_schema.metadata or {}).get(METADATA_VERSION_KEY)
         if version != first_version:
-            raise ValueError(
+            raise DataError(
                 f"{fragment.path}: deepbandit schema version {version!r} differs from {first_version!r} in {first}"
             )
 
@@ -239,7 +240,7 @@ def time_filter(
     lo = None if start is None else _to_utc_micros(start, "start")
     hi = None if end is None else _to_utc_micros(end, "end")
     if lo is not None and hi is not None and lo >= hi:
-        raise ValueError(f"time range is empty: start {start!r} is not before end {end!r}")
+        raise ConfigError(f"time range is empty: start {start!r} is not before end {end!r}")
     ts_type = pa.timestamp("us", tz="UTC")
     parts = []
     if lo is not None:
@@ -267,7 +268,7 @@ def _to_utc_micros(value: dt.datetime | dt.date | str, name: str) -> int:
         try:
             value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as e:
-            raise ValueError(f"{name}: cannot parse {value!r} as an ISO date or datetime") from e
+            raise ConfigError(f"{name}: cannot parse {value!r} as an ISO date or datetime") from e
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
@@ -514,7 +515,7 @@ def _read_single_table(path: str | os.PathLike, kind: str) -> pa.Table:
     table = open_dataset(path).to_table()
     found = (table.schema.metadata or {}).get(METADATA_TABLE_KEY)
     if found is not None and found != kind.encode():
-        raise ValueError(f"{path}: holds a {found.decode()!r} table, expected {kind!r}")
+        raise DataError(f"{path}: holds a {found.decode()!r} table, expected {kind!r}")
     return table
 
 

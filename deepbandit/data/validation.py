@@ -50,7 +50,7 @@ from deepbandit.data.schema import (
     TABLE_KINDS,
     TITLES_FILE,
 )
-from deepbandit.errors import UserError
+from deepbandit.errors import ConfigError, UserError
 
 MODES = ("strict", "quarantine")
 PROBABILITY_TOL = 1e-6  # |sum(action_dist) - 1| and |action_dist[chosen] - propensity| must not exceed this
@@ -996,12 +996,12 @@ def validate_dataset(
     _check_mode(mode)
     root = Path(root)
     if mode == "quarantine" and quarantine_dir is None:
-        raise ValueError("quarantine mode needs a quarantine_dir")
+        raise ConfigError("quarantine mode needs a quarantine_dir")
     if quarantine_dir is not None:
         q = Path(quarantine_dir).resolve()
         imp = (root / IMPRESSIONS_DIR).resolve()
         if q.is_relative_to(imp) and not _hidden(q.relative_to(imp)):
-            raise ValueError(f"quarantine_dir {q} lies inside {imp}: its files would be read as impressions")
+            raise ConfigError(f"quarantine_dir {q} lies inside {imp}: its files would be read as impressions")
     strict = mode == "strict"
 
     # 0. every footer and schema before any data: unreadable files and drift fail fast

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deepbandit.data.world import candidates_from_impressions, padded_list_column
+from deepbandit.errors import ConfigError, DataError
 
 # Columns the evaluation reads from an impressions table (segments may add more).
 EVAL_COLUMNS = (
@@ -81,11 +82,11 @@ def logged_rows(table: pa.Table, source: str = "impressions") -> LoggedRows:
     missing = [c for c in ("title_id", "candidate_image_ids", "chosen_image_id", "propensity", "reward",
                            "timestamp") if c not in table.column_names]  # fmt: skip
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}")
+        raise DataError(f"{source}: missing column(s) {missing}")
     reward_col = table.column("reward")
     if reward_col.null_count:
         row = _first(reward_col.is_null().to_numpy(zero_copy_only=False))
-        raise ValueError(f"{source}: column 'reward' is null at row {row} (reward window still open)")
+        raise DataError(f"{source}: column 'reward' is null at row {row} (reward window still open)")
     reward = reward_col.to_numpy().astype(np.float64)
     candidates, mask = candidates_from_impressions(table)
     chosen = table.column("chosen_image_id").to_numpy()
@@ -93,7 +94,7 @@ def logged_rows(table: pa.Table, source: str = "impressions") -> LoggedRows:
     bad = ~hit.any(axis=1)
     if bad.any():
         row = _first(bad)
-        raise ValueError(
+        raise DataError(
             f"{source}: column 'chosen_image_id' at row {row}: image {chosen[row]} is not among the row's "
             f"candidate_image_ids {candidates[row][mask[row]].tolist()}"
         )
@@ -101,19 +102,19 @@ def logged_rows(table: pa.Table, source: str = "impressions") -> LoggedRows:
     bad = ~((pscore > 0) & (pscore <= 1))
     if bad.any():
         row = _first(bad)
-        raise ValueError(f"{source}: column 'propensity' at row {row} is {pscore[row]}, outside (0, 1]")
+        raise DataError(f"{source}: column 'propensity' at row {row} is {pscore[row]}, outside (0, 1]")
     dist = None
     if "action_dist" in table.column_names and table.column("action_dist").null_count < len(table):
         if table.column("action_dist").null_count:
             row = _first(table.column("action_dist").is_null().to_numpy(zero_copy_only=False))
-            raise ValueError(f"{source}: column 'action_dist' is null at row {row} but set on other rows")
+            raise DataError(f"{source}: column 'action_dist' is null at row {row} but set on other rows")
         dist, dist_mask = padded_list_column(table, "action_dist", 0.0, np.float64)
         dist = np.pad(dist, ((0, 0), (0, candidates.shape[1] - dist.shape[1])))
         dist_mask = np.pad(dist_mask, ((0, 0), (0, candidates.shape[1] - dist_mask.shape[1])))
         bad = (dist_mask != mask).any(axis=1)
         if bad.any():
             row = _first(bad)
-            raise ValueError(
+            raise DataError(
                 f"{source}: column 'action_dist' at row {row} has {dist_mask[row].sum()} entries for "
                 f"{mask[row].sum()} candidates"
             )
@@ -147,14 +148,14 @@ def time_split(timestamp: np.ndarray, train_fraction: float) -> tuple[np.ndarray
     ``train_fraction`` 0 evaluates every row, and data-fitted baselines then fit on the same rows (biased up).
     """
     if not 0.0 <= train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in [0, 1), got {train_fraction}")
+        raise ConfigError(f"train_fraction must be in [0, 1), got {train_fraction}")
     n = len(timestamp)
     order = np.argsort(timestamp, kind="stable")
     n_train = int(round(train_fraction * n))
     train = np.zeros(n, dtype=bool)
     train[order[:n_train]] = True
     if train_fraction > 0 and (n_train == 0 or n_train == n):
-        raise ValueError(f"train_fraction {train_fraction} of {n} rows leaves an empty train or eval split")
+        raise DataError(f"train_fraction {train_fraction} of {n} rows leaves an empty train or eval split")
     return (train, ~train) if train_fraction > 0 else (np.ones(n, dtype=bool), np.ones(n, dtype=bool))
 
 
@@ -208,7 +209,7 @@ class TakeRates:
 def fit_take_rates(rows: LoggedRows, prior_shows: float = 5.0) -> TakeRates:
     """Fit :class:`TakeRates` on ``rows`` (the train split)."""
     if len(rows) == 0:
-        raise ValueError("fit_take_rates: no rows to fit on")
+        raise DataError("fit_take_rates: no rows to fit on")
     image = rows.chosen_image_id
     w = 1.0 / rows.pscore
     titles, t_inv = np.unique(rows.title_id, return_inverse=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deepbandit.data.schema import MAX_CANDIDATES, MAX_HISTORY, SCHEMA_VERSION
+from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import PAD_LOGIT
 
@@ -61,7 +62,7 @@ def build_manifest(
     if max_history is None:
         max_history = int(meta.get("max_history", MAX_HISTORY))
     if not 1 <= max_history <= MAX_HISTORY:
-        raise ValueError(f"max_history must be in 1..{MAX_HISTORY}, got {max_history}")
+        raise ConfigError(f"max_history must be in 1..{MAX_HISTORY}, got {max_history}")
     return {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": SCHEMA_VERSION,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -119,6 +120,39 @@ class TrainConfig:
 POSTERIORS = ("ensemble", "mc_dropout")  # the uncertainty kinds whose posterior samples Thompson draws from
 
 
+def parse_split_at(split_at: str) -> int:
+    """``data.split_at`` (an ISO date or time, UTC; a trailing Z allowed) as UTC microseconds."""
+    try:
+        return int(np.datetime64(split_at.replace("Z", ""), "us").astype(np.int64))
+    except ValueError as err:
+        raise ConfigError(f"data.split_at={split_at!r} is not an ISO date or time (UTC): {err}") from err
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Values that Lightning or the data module would refuse only after the logs are read (or, for
+    ``max_epochs=-1``, would accept as "train forever")."""
+    t, d = cfg.trainer, cfg.data
+    for name, value in (("trainer.max_epochs", t.max_epochs), ("trainer.batch_size", t.batch_size),
+                        ("trainer.num_nodes", t.num_nodes), ("data.max_history", d.max_history)):  # fmt: skip
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not t.lr > 0:
+        raise ConfigError(f"trainer.lr must be > 0, got {t.lr}")
+    if t.weight_decay < 0:
+        raise ConfigError(f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
+    indices = isinstance(t.devices, str) and all(p.strip().isdigit() for p in t.devices.split(","))
+    if isinstance(t.devices, str) and t.devices not in ("auto", "-1") and not indices:
+        raise ConfigError(
+            f"trainer.devices must be a number of devices, indices like '0,1', -1 or auto; got {t.devices!r}"
+        )
+    if isinstance(t.devices, int) and t.devices == 0:
+        raise ConfigError("trainer.devices must not be 0 (a number of devices, -1 for all, or auto)")
+    if d.split_at is not None:
+        parse_split_at(d.split_at)
+    elif not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+
+
 def check_choices(cfg: TrainConfig) -> list[str]:
     """Refuse choices of policy, uncertainty and model that cannot work, before any data is read (the
     scorer would only refuse them after the logs are loaded); return warnings for the ones that work in
@@ -130,6 +164,7 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     two members. Export serves Thompson from ensembles only (exact propensities); MC-dropout Thompson is
     reported in validation but must be exported as another policy.
     """
+    _check_ranges(cfg)
     policy, kind, model = cfg.policy.name, cfg.uncertainty.kind, cfg.model
     if kind == "mc_dropout" and model.dropout == 0 and model.last_layer_dropout == 0:
         raise ConfigError(

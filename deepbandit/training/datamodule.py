@@ -33,8 +33,8 @@ from deepbandit.data import io
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE
 from deepbandit.data.tensors import ImageTable, ImpressionBatch, ImpressionStream, table_to_batch
 from deepbandit.data.vocab import FeatureVocabs
-from deepbandit.errors import UserError
-from deepbandit.training.config import DataConfig
+from deepbandit.errors import ConfigError, UserError
+from deepbandit.training.config import DataConfig, parse_split_at
 
 _US = 1_000_000
 log = logging.getLogger(__name__)
@@ -48,10 +48,9 @@ def split_time(ts_us: np.ndarray, cfg: DataConfig) -> int:
     """The first validation timestamp (UTC microseconds): ``split_at`` or the last ``val_fraction`` of the
     logged time range."""
     if cfg.split_at is not None:
-        at = np.datetime64(cfg.split_at.replace("Z", ""), "us")
-        return int(at.astype(np.int64))
+        return parse_split_at(cfg.split_at)
     if not 0.0 < cfg.val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
     lo, hi = int(ts_us.min()), int(ts_us.max())
     return lo + int(round((1.0 - cfg.val_fraction) * (hi - lo)))
 
@@ -284,7 +283,7 @@ class BanditDataModule(L.LightningDataModule):
     def train_dataloader(self):
         rank, world = self._rank()
         if self.batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.batch_size {self.batch_size} must be divisible by the {world} processes"
             )
         if self.resident:

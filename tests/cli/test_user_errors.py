@@ -54,9 +54,15 @@ MISTAKES = [
     ("train data.path={ds} trainer.logger=wandb", "trainer.logger must be"),
     ("train data.path=[", "cannot parse the override"),
     ("train data.path={empty}", "{empty}"),
+    ("train data.path={ds} trainer.max_epochs=-1", "trainer.max_epochs must be >= 1"),
+    ("train data.path={ds} trainer.devices=abc", "trainer.devices must be"),
+    ("train data.path={ds} data.split_at=notadate", "data.split_at='notadate' is not an ISO date"),
+    ("train data.path={ds} data.val_fraction=0", "data.val_fraction must be in (0, 1)"),
+    ("train -m data.path={root}/nope", "no such folder"),
     ("validate", "dataset is required"),
     ("validate dataset={root}/nope", "no such folder"),
     ("validate dataset={ds} mode=lenient", "lenient"),
+    ("validate dataset={ds} mode=quarantine quarantine_dir={ds}/impressions", "lies inside"),
     ("simulate n_impressions=0 out_dir={root}/sim0", "n_impressions must be >= 1"),
     ("simulate world=huge", "choose one of: large, learnable, small, tiny"),
     ("simulate world=tiny n_impressions=10 out_dir={ds}", "overwrite=true"),
@@ -66,6 +72,9 @@ MISTAKES = [
     ("evaluate dataset={ds} estimators=[ipx]", "unknown estimator"),
     ("evaluate dataset={ds} estimators=[ips] plot_estimator=dm", "plot_estimator"),
     ("evaluate dataset={ds} bundle={garbage}", "not a readable deepbandit model bundle"),
+    ("evaluate dataset={ds} train_fraction=1.5", "train_fraction must be in [0, 1)"),
+    ("evaluate dataset={ds} segments=[nosuchcol]", "segment column 'nosuchcol' not found"),
+    ("export bundle={garbage} policy.name=foo", "not a readable deepbandit model bundle"),
     ("export", "bundle is required"),
     ("export bundle={root}/nope.pt", "train writes <run dir>/model.pt"),
     ("export bundle={garbage}", "not a readable deepbandit model bundle"),
@@ -88,6 +97,7 @@ def test_a_mistake_is_one_or_two_lines_and_exit_code_2(
     code, err = _run(command.format(**places).split(), capsys, monkeypatch, tmp_path)
     lines = err.strip().splitlines()
     assert code == 2, err
+    assert not (tmp_path / "outputs").exists(), "a run stopped by a mistake left its empty run folder"
     assert 1 <= len(lines) <= 2 and "Traceback" not in err, err
     assert lines[0].startswith(f"deepbandit {command.split()[0]}: error: "), err
     assert fragment.format(**places) in err, err
