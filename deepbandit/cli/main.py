@@ -10,10 +10,9 @@ every error. Hydra sees the same argv it would if the module were run on its own
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
-
-from deepbandit.cli._hydra import DEBUG_ENV, report_user_error
 
 # subcommand -> (module, config name, one-line help). Modules are imported lazily: `deepbandit --help`
 # stays fast. sweep-report takes a folder, not a config.
@@ -64,6 +63,8 @@ def _usage() -> str:
 
 
 def _run(name: str, rest: list[str], debug: bool) -> None:
+    from deepbandit.cli._hydra import DEBUG_ENV, report_user_error
+
     sys.argv = [f"deepbandit {name}", *rest]
     # Exceptions come back to us, not to Hydra's trimmed-traceback printer: those raised while Hydra composes
     # the config here, those raised by the task to its `exit_on_user_error` wrapper.
@@ -81,6 +82,18 @@ def _run(name: str, rest: list[str], debug: bool) -> None:
         raise SystemExit(2) from None
 
 
+def _needs_train_extra(name: str) -> None:
+    """A core install (serving only) has no Hydra, torch or Lightning: say which extra the command needs."""
+    missing = [m for m in ("hydra", "torch", "lightning") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"deepbandit {name}: error: needs {', '.join(missing)}, which this install lacks (it serves only)\n"
+            "  pip install 'deepbandit[train]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {*HELP_FLAGS, "help"}:
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in SUBCOMMANDS:
         print(f"deepbandit: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
+    _needs_train_extra(name)
     debug = "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1"
     rest = [a for a in rest if a != "--debug"]
     config_name = SUBCOMMANDS[name][1]
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _help(name: str, config_name: str, overrides: list[str], debug: bool) -> None:
     from deepbandit.cli import help as help_page
+    from deepbandit.cli._hydra import report_user_error
 
     importlib.import_module(SUBCOMMANDS[name][0])  # registers the command's typed config
     try:
