@@ -26,7 +26,8 @@ import torch
 from machine import machine
 
 from deepbandit.data.vocab import FeatureVocabs, Vocab
-from deepbandit.export.onnx_export import ExportModule, export_bundle, input_names, sample_inputs
+from deepbandit.export.graph import ExportModule, input_names, sample_inputs
+from deepbandit.export.onnx_export import export_bundle
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
 from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer

@@ -208,6 +208,8 @@ def _shown(node) -> str:
     if isinstance(node, ListConfig | DictConfig):
         return str(OmegaConf.to_container(node, resolve=False)).replace("'", "")
     value = node._value()
+    if isinstance(value, bool):
+        return str(value).lower()  # as it is written on the command line
     return value.name if isinstance(value, Enum) else str(value)
 
 

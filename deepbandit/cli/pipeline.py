@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineConfig:
-    n_impressions: int = 60_000
+    # simulated impressions (the first 80% of the timeline trains, the rest validates); more learns more
+    n_impressions: int = 100_000
     seed: int = 0  # simulate's seed and train's trainer.seed; also seeds the serve step's draws
     simulate: list[str] = field(default_factory=list)
     train: list[str] = field(default_factory=list)  # overrides of conf/train.yaml
     evaluate: list[str] = field(default_factory=list)
     export: list[str] = field(default_factory=list)  # overrides of conf/export.yaml
-    serve_requests: int = 4096
+    serve_requests: int = 4096  # requests replayed through the exported policy at the end (held out)
     out_dir: str = "outputs/pipeline"  # run directory: the steps write data/, train/, report/, export/ in it
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from deepbandit.atomic import atomic_file
 from deepbandit.data.schema import (
     METADATA_TABLE_KEY,
     METADATA_VERSION_KEY,
@@ -50,33 +50,15 @@ Source = str | os.PathLike | ds.Dataset
 ShardStrategy = Literal["balanced", "round_robin"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **write_options) -> Path:
     """Write ``table`` to ``path`` so that a crash never leaves a half-written file behind.
 
     The data goes to a temporary file in the same directory (same filesystem, so the rename is atomic),
     is flushed to disk, and only then renamed over ``path``. Readers see the old file or the new one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give the finished file the mode a plain open() would (0666 & ~umask)
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as sink:
-            pq.write_table(table, sink, **write_options)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as sink:
+        pq.write_table(table, sink, **write_options)
+    return Path(path)
 
 
 def write_impressions(

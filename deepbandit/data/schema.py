@@ -13,6 +13,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# The dataset and export folder layouts live in layout.py (no pyarrow there, so serving can name its files);
+# they are re-exported here, beside the tables they hold.
+from deepbandit.data.layout import (  # noqa: F401
+    EXPORT_IMAGES_FILE,
+    EXPORT_MODEL_FILE,
+    EXPORT_MODEL_FP16_FILE,
+    IMAGES_FILE,
+    IMPRESSIONS_DIR,
+    MANIFEST_FILE,
+    TITLES_FILE,
+    TRUTH_FILE,
+    WORLD_FILE,
+)
+
 SCHEMA_VERSION = "1.0"
 METADATA_VERSION_KEY = b"deepbandit.schema_version"
 METADATA_TABLE_KEY = b"deepbandit.table"
@@ -103,9 +117,3 @@ OPTIONAL_FIELDS: dict[str, list[pa.Field]] = {
     "titles": OPTIONAL_TITLE_FIELDS,
 }
 TABLE_KINDS = tuple(REQUIRED_FIELDS)
-
-# Dataset directory layout: <root>/impressions/ (a file or hive-partitioned folder of Parquet files),
-# <root>/images.parquet, <root>/titles.parquet, and for simulated data <root>/world.npz + truth.json.
-IMPRESSIONS_DIR = "impressions"
-IMAGES_FILE = "images.parquet"
-TITLES_FILE = "titles.parquet"

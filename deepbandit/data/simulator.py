@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from deepbandit.atomic import file_mode, write_text_atomic
 from deepbandit.data.io import write_parquet_atomic
 from deepbandit.data.logging_policies import (
     LoggingPolicy,
@@ -57,12 +58,12 @@ from deepbandit.data.schema import (
     OPTIONAL_IMPRESSION_FIELDS,
     SCHEMA_VERSION,
     TITLES_FILE,
+    TRUTH_FILE,
+    WORLD_FILE,
 )
-from deepbandit.data.world import US_PER_S, World, WorldConfig, file_mode, segment_offsets
+from deepbandit.data.world import US_PER_S, World, WorldConfig, segment_offsets
 from deepbandit.errors import ConfigError
 
-WORLD_FILE = "world.npz"
-TRUTH_FILE = "truth.json"
 POLICY_NAMES = ("random", "logging", "best_unpersonalised", "oracle")
 SPLITS = ("all", "prior_interaction_true", "prior_interaction_false")
 
@@ -404,9 +405,7 @@ def simulate(
         "files": {"impressions": [f"{IMPRESSIONS_DIR}/{p.name}" for p in paths], "world": WORLD_FILE},
         "config": asdict(config),
     }
-    tmp = out / f".{TRUTH_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / TRUTH_FILE)
+    write_text_atomic(out / TRUTH_FILE, json.dumps(summary, indent=2) + "\n")
     summary["seconds"] = {"world": t_world, "total": elapsed}
     summary["rows_per_second"] = config.n_impressions / elapsed
     summary["out_dir"] = str(out)

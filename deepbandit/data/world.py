@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from deepbandit.atomic import atomic_file
 from deepbandit.errors import ConfigError
 
 US_PER_S = 1_000_000
@@ -268,13 +268,6 @@ def padded_list_column(table: pa.Table, name: str, fill, dtype) -> tuple[np.ndar
 def candidates_from_impressions(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """``candidate_image_ids`` as (B, A) int64 padded with -1, and the (B, A) bool mask of real candidates."""
     return padded_list_column(table, "candidate_image_ids", -1, np.int64)
-
-
-def file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp's temporary files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -1086,17 +1079,8 @@ class World:
             "genres": self.genres,
         }
         arrays = {k: v for k, v in self.arrays.items() if not k.startswith("_")}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, file_mode())
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                np.savez(sink, _meta=np.array(json.dumps(meta)), **arrays)
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as sink:
+            np.savez(sink, _meta=np.array(json.dumps(meta)), **arrays)
         return path
 
     @classmethod

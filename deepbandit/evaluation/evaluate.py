@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.data.io import open_impressions, read_images, read_titles
-from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE
+from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE, WORLD_FILE
 from deepbandit.data.world import World, contexts_from_impressions
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import (
@@ -47,7 +47,6 @@ ESTIMATORS = {
     "switch_dr": SwitchDR,
     "replay": Replay,
 }
-WORLD_FILE = "world.npz"
 
 
 @dataclass

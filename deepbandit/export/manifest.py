@@ -12,8 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deepbandit.atomic import write_text_atomic
 from deepbandit.data.schema import MAX_CANDIDATES, MAX_HISTORY, SCHEMA_VERSION
 from deepbandit.errors import ConfigError
+from deepbandit.export.graph import OPSET, input_specs, output_specs
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import PAD_LOGIT
 
@@ -56,7 +58,6 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest dict (JSON-serialisable); ``files`` is filled with hashes by the exporter."""
     import deepbandit
-    from deepbandit.export.onnx_export import OPSET, input_specs, output_specs
 
     meta = bundle.meta
     if max_history is None:
@@ -91,8 +92,4 @@ def build_manifest(
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically as indented JSON."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(manifest, indent=1))

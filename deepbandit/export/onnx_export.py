@@ -1,168 +1,29 @@
-"""ONNX export of a trained ``ModelBundle``: the graph, the image table, the manifest, an fp16 variant.
-
-Graph inputs are the scorer's ``INPUT_NAMES`` (B requests, A candidates, H history, D embedding width):
-candidate *embeddings* enter the graph, so serving scores any image it has an embedding for, including
-images added after training. ``candidate_image_idx`` is an input only when the model hashes image ids,
-``member_features`` only when the model has them. Batch, candidate and history axes are dynamic.
-
-Outputs:
-    scores            float32 (B, A)    point logits (mean over members), padding = PAD_LOGIT
-    posterior_samples float32 (B, K, A) ensembles only: every member's logits (Thompson "ensemble")
-    winners           int64   (B, K)    ensembles only: each member's argmax over the masked logits
-                                        (ONNX ArgMax, first position among ties, like ``masked_argmax``)
-
-MC dropout and neural-linear models export their mean prediction only: an ONNX graph has no reproducible
-dropout (RandomUniform draws are neither seedable per request nor identical across runtimes) and the
-neural-linear posterior lives outside the network. Their Thompson policies are not served; greedy,
-epsilon-greedy and softmax on the mean are. The manifest says which outputs exist (``outputs``).
-
-fp16: the model is converted with ``.half()`` and exported with float32 inputs and outputs (casts at the
-boundary), so the serving code feeds the same arrays to both variants.
+"""``export_bundle``: a trained ``ModelBundle`` -> the ONNX graph (``export.graph``), the image table, the
+manifest (``export.manifest``) after the parity check (``export.parity``), an fp16 variant, a Triton
+repository (``export.triton``). docs/export-and-serving.md describes the files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
+from deepbandit.atomic import atomic_file
+from deepbandit.data.schema import (
+    EXPORT_IMAGES_FILE,
+    EXPORT_MODEL_FILE,
+    EXPORT_MODEL_FP16_FILE,
+    MANIFEST_FILE,
+)
 from deepbandit.errors import ConfigError
+from deepbandit.export.graph import embed_metadata, export_graph, sha256
+from deepbandit.export.manifest import build_manifest, write_manifest
+from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import INPUT_NAMES, random_inputs
-
-OPSET = 17
-MODEL_FILE = "model.onnx"
-MODEL_FP16_FILE = "model_fp16.onnx"
-IMAGES_FILE = "images.npy"
-MANIFEST_FILE = "manifest.json"
-
-# dtype of each graph input at the boundary (serving builds exactly these)
-INPUT_DTYPES: dict[str, str] = {
-    "history_title_idx": "int64",
-    "history_mask": "bool",
-    "country_idx": "int64",
-    "language_idx": "int64",
-    "device_idx": "int64",
-    "hour": "int64",
-    "weekday": "int64",
-    "recommender_score": "float32",
-    "prior_interaction": "float32",
-    "title_idx": "int64",
-    "candidate_embeddings": "float32",
-    "candidate_mask": "bool",
-    "candidate_image_idx": "int64",
-    "member_features": "float32",
-}
-
-
-def input_names(bundle: ModelBundle) -> list[str]:
-    """The graph's inputs for this bundle, in ``INPUT_NAMES`` order."""
-    cfg = bundle.model_cfg
-    names = list(INPUT_NAMES[:12])
-    if cfg.image_id_hash_buckets > 0:
-        names.append("candidate_image_idx")
-    if cfg.member_features_dim > 0:
-        names.append("member_features")
-    return names
-
-
-def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history"."""
-    cfg = bundle.model_cfg
-    shapes = {
-        "history_title_idx": ["batch", "history"],
-        "history_mask": ["batch", "history"],
-        "candidate_embeddings": ["batch", "candidates", cfg.embedding_dim],
-        "candidate_mask": ["batch", "candidates"],
-        "candidate_image_idx": ["batch", "candidates"],
-        "member_features": ["batch", cfg.member_features_dim],
-    }
-    return {n: {"dtype": INPUT_DTYPES[n], "shape": shapes.get(n, ["batch"])} for n in input_names(bundle)}
-
-
-def output_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"}; ensembles add posterior_samples and winners (K = n_members)."""
-    specs: dict[str, dict[str, Any]] = {"scores": {"dtype": "float32", "shape": ["batch", "candidates"]}}
-    if bundle.uncertainty_cfg.kind == "ensemble":
-        k = bundle.uncertainty_cfg.n_members
-        specs["posterior_samples"] = {"dtype": "float32", "shape": ["batch", k, "candidates"]}
-        specs["winners"] = {"dtype": "int64", "shape": ["batch", k]}
-    return specs
-
-
-class ExportModule(nn.Module):
-    """Positional-input wrapper of a scorer for ``torch.onnx.export``: float inputs are cast to the model's
-    dtype (fp16 variant) and float outputs back to float32, so both variants share one interface."""
-
-    def __init__(self, model: nn.Module, names: list[str], ensemble: bool):
-        super().__init__()
-        self.model = model
-        self.names = names
-        self.ensemble = ensemble
-        self.dtype = next(model.parameters()).dtype
-
-    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
-        inputs = {
-            n: a.to(self.dtype) if a.is_floating_point() else a for n, a in zip(self.names, args, strict=True)
-        }
-        if not self.ensemble:
-            return (self.model(**inputs).float(),)
-        members = self.model.member_logits(**inputs)  # (B, K, A), padding = PAD_LOGIT
-        scores = members.mean(1)
-        return scores.float(), members.float(), members.argmax(-1)
-
-
-def sample_inputs(bundle: ModelBundle, batch: int, candidates: int, history: int, seed: int = 0) -> dict:
-    """Random graph inputs as numpy arrays with the boundary dtypes (for tracing, parity and benchmarks)."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = random_inputs(bundle.model_cfg, batch, candidates, history, generator=g)
-    return {n: inputs[n].numpy().astype(INPUT_DTYPES[n]) for n in input_names(bundle)}
-
-
-def export_graph(
-    bundle: ModelBundle, path: str | os.PathLike, *, fp16: bool = False, opset: int = OPSET
-) -> Path:
-    """Write the ONNX graph of ``bundle`` (float32, or fp16 inside with float32 boundary) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = bundle.build_model()
-    if fp16:
-        model = model.half()
-    names = input_names(bundle)
-    module = ExportModule(model, names, bundle.uncertainty_cfg.kind == "ensemble").eval()
-    example = sample_inputs(bundle, 3, 4, 5)
-    outputs = list(output_specs(bundle))
-    dynamic: dict[str, dict[int, str]] = {}
-    for n, spec in input_specs(bundle).items():
-        dynamic[n] = {i: s for i, s in enumerate(spec["shape"]) if isinstance(s, str)}
-    for n, spec in output_specs(bundle).items():
-        dynamic[n] = {i: s for i, s in enumerate(spec["shape"]) if isinstance(s, str)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    # The tracer warns about Python-level shape branches (stacked layers pick einsum vs bmm by K, which
-    # is fixed per model); they are constant for a given model, so the traced graph is general.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is chosen on purpose (see above)
-        torch.onnx.export(
-            module,
-            tuple(torch.from_numpy(example[n]) for n in names),
-            str(tmp),
-            input_names=names,
-            output_names=outputs,
-            dynamic_axes=dynamic,
-            opset_version=opset,
-            dynamo=False,  # the legacy tracer: fast, and verified with dynamic axes (docs/models-and-losses.md)
-        )
-    os.replace(tmp, path)
-    return path
 
 
 def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -184,7 +45,7 @@ def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) ->
     if policy.get("name") == "thompson" and bundle.uncertainty_cfg.kind != "ensemble":
         raise ConfigError(
             f"policy thompson is served for ensembles only; this model's uncertainty is "
-            f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/onnx_export.py): export with "
+            f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/graph.py): export with "
             "policy.name=greedy, epsilon_greedy or softmax"
         )
     from deepbandit.policies import make_policy
@@ -192,36 +53,6 @@ def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) ->
     spec = dict(policy)
     make_policy(spec.pop("name"), **spec)  # fail now, not in the serving process
     return policy
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def embed_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:
-    """Write ``metadata`` into the ONNX file's metadata_props (one JSON string per top-level key)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = key, json.dumps(value)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Inverse of :func:`embed_metadata`."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: json.loads(p.value) for p in model.metadata_props}
 
 
 @dataclass
@@ -255,26 +86,22 @@ def export_bundle(
     None: the training run's (``bundle.meta["policy"]``, see :func:`serving_policy`), else greedy.
     max_history: history entries kept per request (default: bundle.meta or the contract's MAX_HISTORY).
     """
-    from deepbandit.export.manifest import build_manifest, write_manifest
-    from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy = serving_policy(bundle, policy)
     # an older manifest must not describe the files about to be replaced (nor survive a failed parity)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    files = {"model": export_graph(bundle, out / MODEL_FILE)}
-    images = out / IMAGES_FILE
-    tmp = images.with_name(f".{images.name}.tmp.npy")
-    np.save(tmp, bundle.image_embedding.numpy().astype(np.float32))
-    os.replace(tmp, images)
+    files = {"model": export_graph(bundle, out / EXPORT_MODEL_FILE)}
+    images = out / EXPORT_IMAGES_FILE
+    with atomic_file(images) as sink:
+        np.save(sink, bundle.image_embedding.numpy().astype(np.float32))
     files["images"] = images
     model = bundle.build_model()
     parity = check_parity(
         model, bundle, files["model"], parity_batch_sizes, parity_candidates, atol=FP32_ATOL, label="fp32"
     )
     if fp16:
-        files["model_fp16"] = export_graph(bundle, out / MODEL_FP16_FILE, fp16=True)
+        files["model_fp16"] = export_graph(bundle, out / EXPORT_MODEL_FP16_FILE, fp16=True)
         parity += check_parity(
             model,
             bundle,

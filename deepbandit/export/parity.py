@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepbandit.export.graph import ExportModule, input_names, output_specs, sample_inputs
 from deepbandit.models.bundle import ModelBundle
 
 FP32_ATOL = 1e-5  # max |onnxruntime - torch| on logits, fp32 on CPU
@@ -40,8 +41,6 @@ def check_parity(
     Raises AssertionError naming the case when max_abs_diff > atol or (same_choice) the choice differs.
     """
     import onnxruntime as ort
-
-    from deepbandit.export.onnx_export import ExportModule, input_names, output_specs, sample_inputs
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

@@ -335,7 +335,7 @@ class DeepAgent:
             clip=cfg.clip if cfg.importance_weight_reward else None,
             importance_weight_reward=cfg.importance_weight_reward,
         )
-        from deepbandit.export.onnx_export import input_names
+        from deepbandit.export.graph import input_names
 
         self.input_names = input_names(self._bundle())
         self.seed, self.rounds, self.trained = seed, 0, False

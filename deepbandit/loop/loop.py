@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from deepbandit.atomic import write_text_atomic
 from deepbandit.data.world import WorldConfig
 from deepbandit.errors import ConfigError
 from deepbandit.loop.agents import (
@@ -219,9 +220,7 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     if cfg.plots:
         plot_loop(result, out)
     payload = {k: v for k, v in result.items() if k != "logs"}
-    tmp = out / ".loop.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out / "loop.json")
+    write_text_atomic(out / "loop.json", json.dumps(payload, indent=2) + "\n")
     return result
 
 

@@ -127,8 +127,9 @@ class ObjectiveConfig:
     """
 
     name: str = "reward"  # reward (cross-entropy only) | ips | snips | dr (cross-entropy + policy term)
-    clip: float | None = None
+    clip: float | None = None  # cap on the importance weights (>= 1); None: uncapped
     self_normalise: bool = False  # divide the importance weights by their batch mean
+    # true: weight the reward regression by the (clipped) importance weights too
     importance_weight_reward: bool = False
     temperature: float = 1.0  # ips, snips, dr: temperature of the softmax policy they train; > 0
     reward_weight: float = 1.0  # weight of the cross-entropy term in the loss

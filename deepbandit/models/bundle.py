@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepbandit.atomic import atomic_file
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError
 from deepbandit.models.encoders import ModelConfig
@@ -88,9 +89,8 @@ class ModelBundle:
             "title_genres": self.title_genres,
             "meta": self.meta,
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as sink:
+            torch.save(payload, sink)
         return path
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deepbandit.data.layout import MANIFEST_FILE
 from deepbandit.policies import Policy, Thompson, make_policy
 from deepbandit.serving.features import (
     ImageIndex,
@@ -31,8 +32,6 @@ from deepbandit.serving.features import (
     validate,
 )
 from deepbandit.serving.session import OnnxSession
-
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass

@@ -60,7 +60,7 @@ class ModelGroupConfig:
 class LossConfig(ObjectiveConfig):
     """ObjectiveConfig (``name``, ``clip``, ...) plus the label transform of ``reward_targets``."""
 
-    transform: str = "identity"
+    transform: str = "identity"  # reward -> training label: identity | threshold | graded
     threshold: float = 0.5  # transform=threshold: label 1 where reward >= threshold, else 0
 
     def objective(self) -> ObjectiveConfig:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
 from deepbandit.data.world import World, candidates_from_impressions, contexts_from_impressions
@@ -290,7 +291,7 @@ def train(
         dm.title_genres,
     )
     callbacks = list(callbacks or [])
-    world_path = root / "world.npz"
+    world_path = root / WORLD_FILE
     world = World.load(world_path) if world_path.exists() else None
     train_images = pc.unique(pc.list_flatten(dm.train_table.column("candidate_image_ids"))).to_numpy()
     monitor = None

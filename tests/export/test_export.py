@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from deepbandit.data.vocab import FeatureVocabs, Vocab
-from deepbandit.export.onnx_export import export_bundle, read_metadata, sha256
+from deepbandit.export.graph import read_metadata, sha256
+from deepbandit.export.onnx_export import export_bundle
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
@@ -101,7 +102,7 @@ def test_fp16_variant_within_stated_tolerance(ensemble_export):
 def test_ensemble_outputs_and_winners(ensemble_export):
     import onnxruntime as ort
 
-    from deepbandit.export.onnx_export import sample_inputs
+    from deepbandit.export.graph import sample_inputs
 
     bundle, result = ensemble_export
     session = ort.InferenceSession(str(result.files["model"]), providers=["CPUExecutionProvider"])
