@@ -29,6 +29,7 @@ from deepbandit.cli._hydra import (
     console as cli_console,
 )
 from deepbandit.errors import ConfigError
+from deepbandit.evaluation.estimators import INTERVAL_METHODS
 from deepbandit.evaluation.evaluate import EvaluationSettings, evaluate_rows, make_estimators, read_dataset
 from deepbandit.evaluation.plots import write_plots
 from deepbandit.evaluation.report import summary_rows, write_report
@@ -75,6 +76,12 @@ def run(cfg: DictConfig) -> dict:
         title_for_plot=cfg.title_for_plot,
     )
     make_estimators(cfg.estimators)  # unknown names first: the plot's choice is checked against them
+    if cfg.interval not in INTERVAL_METHODS:
+        raise ConfigError(f"interval must be one of {', '.join(INTERVAL_METHODS)}; got {cfg.interval!r}")
+    if not 0 < cfg.alpha < 1:
+        raise ConfigError(f"alpha must be in (0, 1) (1 - the intervals' coverage); got {cfg.alpha}")
+    if cfg.model_policy not in ("greedy", "thompson"):
+        raise ConfigError(f"model_policy must be greedy or thompson; got {cfg.model_policy!r}")
     if cfg.plot_estimator not in cfg.estimators:
         raise ConfigError(
             f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +208,7 @@ def evaluate_rows(
     names = list(settings.estimators)
     contexts = contexts_from_impressions(ev_table, source) if world is not None else None
 
-    model_scores = scorer(ev_table) if scorer is not None else None
+    model_scores = _to_width(scorer(ev_table), n_actions) if scorer is not None else None
     unp_dist, cold = unpersonalised_action_dist(rows, rates)
     policies: dict[str, dict] = {}
     dists: dict[str, np.ndarray] = {
@@ -294,6 +294,20 @@ def evaluate_rows(
     }
 
 
+def _to_width(scores: ModelScores, n_actions: int) -> ModelScores:
+    """``scores`` padded out to ``n_actions`` candidate columns. A scorer pads the evaluated rows to their
+    own widest row, which is narrower than the whole dataset's when the widest rows fall in the training
+    part; the extra columns are padding on every evaluated row."""
+    width = scores.expected_reward.shape[1]
+    if width >= n_actions:
+        return scores
+    pad = [(0, 0)] * (scores.expected_reward.ndim - 1) + [(0, n_actions - width)]
+    samples = scores.posterior_samples
+    if samples is not None:
+        samples = np.pad(samples, [(0, 0)] * (samples.ndim - 1) + [(0, n_actions - width)])
+    return replace(scores, expected_reward=np.pad(scores.expected_reward, pad), posterior_samples=samples)
+
+
 def _model_dist(scores: ModelScores, mask: np.ndarray, policy: str) -> np.ndarray:
     from deepbandit.policies import make_policy
 
@@ -301,7 +315,9 @@ def _model_dist(scores: ModelScores, mask: np.ndarray, policy: str) -> np.ndarra
         return make_policy("greedy").action_dist(scores.expected_reward, mask)
     if policy == "thompson":
         if scores.posterior_samples is None:
-            raise ValueError("policy=thompson needs posterior samples; the model gave none")
+            raise ConfigError(
+                "model_policy=thompson needs posterior samples; this model gives none (it is not an ensemble or MC-dropout model)"
+            )
         return make_policy("thompson", kind=scores.thompson_kind).action_dist(scores.posterior_samples, mask)
     raise ConfigError(f"policy must be greedy or thompson, got {policy!r}")
 

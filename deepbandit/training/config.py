@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.errors import ConfigError
 from deepbandit.losses.objectives import ObjectiveConfig
+from deepbandit.models.encoders import POOLINGS
 from deepbandit.models.uncertainty import UncertaintyConfig
 
 
@@ -120,6 +122,10 @@ class TrainConfig:
 POSTERIORS = ("ensemble", "mc_dropout")  # the uncertainty kinds whose posterior samples Thompson draws from
 
 
+# Lightning's precision names that a CPU or CUDA run takes (transformer-engine ones need that package)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64")
+
+
 def parse_split_at(split_at: str) -> int:
     """``data.split_at`` (an ISO date or time, UTC; a trailing Z allowed) as UTC microseconds."""
     try:
@@ -147,6 +153,15 @@ def _check_ranges(cfg: TrainConfig) -> None:
         )
     if isinstance(t.devices, int) and t.devices == 0:
         raise ConfigError("trainer.devices must not be 0 (a number of devices, -1 for all, or auto)")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator} but torch sees no CUDA device here; use trainer=cpu "
+            "(or trainer.accelerator=auto)"
+        )
+    if cfg.model.pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling must be one of {', '.join(POOLINGS)}; got {cfg.model.pooling!r}")
     if d.split_at is not None:
         parse_split_at(d.split_at)
     elif not 0.0 < d.val_fraction < 1.0:

@@ -76,9 +76,7 @@ def _logger(cfg: TrainConfig, out_dir: Path):
         if kind == "mlflow":
             return L.pytorch.loggers.MLFlowLogger(experiment_name=cfg.name, save_dir=str(out_dir / "mlruns"))
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"trainer.logger={kind} needs its package: pip install 'deepbandit[{kind}]' ({e})"
-        ) from e
+        raise ConfigError(f"trainer.logger={kind} needs its package: pip install 'deepbandit[{kind}]'") from e
     raise ConfigError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
 
 

@@ -96,3 +96,17 @@ def test_model_bundle_policy(dataset, tmp_path, kind, policy):
     for name, e in model["estimates"].items():
         assert "value" in e, (name, e)
     assert not (tmp_path / "policy_values.png").exists()
+
+
+def test_model_scores_narrower_than_the_dataset_are_padded_to_its_width():
+    # A scorer pads the evaluated rows to their own widest row; the widest rows may all lie in the
+    # training part (a crash on small datasets before).
+    import numpy as np
+
+    from deepbandit.evaluation.evaluate import ModelScores, _to_width
+
+    scores = ModelScores(np.full((2, 3), 0.5), np.ones((2, 4, 3)))
+    wide = _to_width(scores, 5)
+    assert wide.expected_reward.shape == (2, 5) and wide.posterior_samples.shape == (2, 4, 5)
+    assert (wide.expected_reward[:, 3:] == 0).all() and (wide.expected_reward[:, :3] == 0.5).all()
+    assert _to_width(scores, 3) is scores

@@ -18,6 +18,7 @@ import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.cli import sweep_report
 from deepbandit.data.simulator import simulate
 from deepbandit.data.tensors import ImpressionBatch
+from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.training.callbacks import NonFiniteLossError
 from deepbandit.training.config import DataConfig, ModelGroupConfig, TrainConfig, TrainerConfig
@@ -380,5 +381,5 @@ def test_a_logger_whose_package_is_missing_fails_before_the_data_is_read(tmp_pat
     if any(importlib.util.find_spec(m) for m in modules):
         pytest.skip(f"{logger} is installed here")
     cfg = _cfg(tmp_path / "no-such-dataset", logger=logger)
-    with pytest.raises(ModuleNotFoundError, match=rf"trainer.logger={logger} needs .*deepbandit\[{logger}\]"):
+    with pytest.raises(ConfigError, match=rf"trainer.logger={logger} needs .*deepbandit\[{logger}\]"):
         train(cfg, out_dir=tmp_path / "out")
