@@ -19,6 +19,7 @@ from deepbandit.data.tensors import table_to_batch
 from deepbandit.evaluation.evaluate import ModelScores
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import INPUT_NAMES, PAD_LOGIT
+from deepbandit.models.uncertainty import capabilities
 
 
 @dataclass
@@ -93,5 +94,5 @@ class BundleScorer:
         return ModelScores(
             expected_reward=torch.cat(probs).double().numpy(),
             posterior_samples=torch.cat(samples).double().numpy() if self.posterior else None,
-            thompson_kind="ensemble" if self.bundle.uncertainty_cfg.kind == "ensemble" else "mc_dropout",
+            thompson_kind=capabilities(self.bundle.uncertainty_cfg).thompson_kind,
         )

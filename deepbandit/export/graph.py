@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from deepbandit.atomic import atomic_file
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import INPUT_NAMES, random_inputs
+from deepbandit.models.uncertainty import capabilities
 
 OPSET = 17
 
@@ -85,7 +86,7 @@ def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
 def output_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
     """name -> {"dtype", "shape"}; ensembles add posterior_samples and winners (K = n_members)."""
     specs: dict[str, dict[str, Any]] = {"scores": {"dtype": "float32", "shape": ["batch", "candidates"]}}
-    if bundle.uncertainty_cfg.kind == "ensemble":
+    if capabilities(bundle.uncertainty_cfg).exported_posterior:
         k = bundle.uncertainty_cfg.n_members
         specs["posterior_samples"] = {"dtype": "float32", "shape": ["batch", k, "candidates"]}
         specs["winners"] = {"dtype": "int64", "shape": ["batch", k]}
@@ -131,7 +132,7 @@ def export_graph(
     if fp16:
         model = model.half()
     names = input_names(bundle)
-    module = ExportModule(model, names, bundle.uncertainty_cfg.kind == "ensemble").eval()
+    module = ExportModule(model, names, capabilities(bundle.uncertainty_cfg).exported_posterior).eval()
     example = sample_inputs(bundle, 3, 4, 5)
     outputs = list(output_specs(bundle))
     dynamic: dict[str, dict[int, str]] = {}

@@ -24,6 +24,7 @@ from deepbandit.export.graph import embed_metadata, export_graph, sha256
 from deepbandit.export.manifest import build_manifest, write_manifest
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
+from deepbandit.models.uncertainty import capabilities
 
 
 def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) ->
         if name == "thompson":
             policy["kind"] = "ensemble"
     policy = dict(policy)
-    if policy.get("name") == "thompson" and bundle.uncertainty_cfg.kind != "ensemble":
+    if policy.get("name") == "thompson" and not capabilities(bundle.uncertainty_cfg).exported_posterior:
         raise ConfigError(
             f"policy thompson is served for ensembles only; this model's uncertainty is "
             f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/graph.py): export with "

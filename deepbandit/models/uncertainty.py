@@ -327,6 +327,63 @@ UNCERTAINTY: dict[str, Callable[[ModelConfig, UncertaintyConfig, Tensor], nn.Mod
 }
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an uncertainty model offers its policies, its trainer and its export: callers ask this instead of
+    comparing ``kind`` strings, so a new uncertainty model is its class, its entries here and its yaml.
+
+    posterior: "none" (point scores only), "exact" (a discrete posterior drawn whole, every ensemble member
+        once: Thompson propensities are exact) or "sampled" (Monte Carlo draws: estimated propensities).
+    posterior_in_training: validation can report Thompson sampling from it (the neural-linear head is fitted
+        after training, so its draws are not available there).
+    posterior_draws: the default number of draws; None: the whole exact posterior.
+    exported_posterior: the ONNX graph carries the posterior (per-member logits and winners), so export
+        serves Thompson sampling from it.
+    bootstrap_members: the trainer gives each member its own Poisson(1) bootstrap weights.
+    """
+
+    posterior: str = "none"
+    posterior_in_training: bool = False
+    posterior_draws: int | None = None
+    exported_posterior: bool = False
+    bootstrap_members: bool = False
+
+    @property
+    def thompson_kind(self) -> str:
+        """The Thompson policy's kind for these draws (``policies.Thompson``: exact or estimated propensities)."""
+        return "ensemble" if self.posterior == "exact" else "mc_dropout"
+
+
+CAPABILITIES: dict[str, Callable[[UncertaintyConfig], Capabilities]] = {
+    "none": lambda u: Capabilities(),
+    "ensemble": lambda u: Capabilities(
+        posterior="exact", posterior_in_training=True, exported_posterior=True, bootstrap_members=u.bootstrap
+    ),
+    "mc_dropout": lambda u: Capabilities(
+        posterior="sampled", posterior_in_training=True, posterior_draws=u.n_samples
+    ),
+    "neural_linear": lambda u: Capabilities(posterior="sampled", posterior_draws=u.n_samples),
+}
+
+
+def capabilities(uncertainty: UncertaintyConfig) -> Capabilities:
+    """What the uncertainty model of ``uncertainty`` offers (see ``Capabilities``)."""
+    return CAPABILITIES[uncertainty.kind](uncertainty)
+
+
+def check_uncertainty(uncertainty: UncertaintyConfig, dropout: float, last_layer_dropout: float) -> None:
+    """Refuse an uncertainty model that cannot give a posterior with these settings (before any data is read)."""
+    if uncertainty.kind == "mc_dropout" and dropout == 0 and last_layer_dropout == 0:
+        raise ConfigError(
+            "uncertainty=mc_dropout needs dropout to sample: set model.last_layer_dropout (e.g. 0.1) or "
+            "model.dropout above 0"
+        )
+    if uncertainty.kind == "ensemble" and uncertainty.n_members < 2:
+        raise ConfigError(
+            f"uncertainty=ensemble needs uncertainty.n_members >= 2, got {uncertainty.n_members}"
+        )
+
+
 def build_scorer(cfg: ModelConfig, uncertainty: UncertaintyConfig, title_genres: Tensor) -> nn.Module:
     """The scorer for ``uncertainty.kind`` (see ``UNCERTAINTY``)."""
     if uncertainty.kind not in UNCERTAINTY:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepbandit.errors import ConfigError
 from deepbandit.losses.objectives import ObjectiveConfig
 from deepbandit.models.encoders import POOLINGS
-from deepbandit.models.uncertainty import UncertaintyConfig
+from deepbandit.models.uncertainty import CAPABILITIES, UncertaintyConfig, capabilities, check_uncertainty
 
 
 @dataclass
@@ -119,9 +119,6 @@ class TrainConfig:
     out_dir: str | None = None  # run directory; the CLI uses Hydra's
 
 
-POSTERIORS = ("ensemble", "mc_dropout")  # the uncertainty kinds whose posterior samples Thompson draws from
-
-
 # Lightning's precision names that a CPU or CUDA run takes (transformer-engine ones need that package)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64")
 
@@ -180,27 +177,21 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     reported in validation but must be exported as another policy.
     """
     _check_ranges(cfg)
-    policy, kind, model = cfg.policy.name, cfg.uncertainty.kind, cfg.model
-    if kind == "mc_dropout" and model.dropout == 0 and model.last_layer_dropout == 0:
-        raise ConfigError(
-            "uncertainty=mc_dropout needs dropout to sample: set model.last_layer_dropout (e.g. 0.1) or "
-            "model.dropout above 0"
-        )
-    if kind == "ensemble" and cfg.uncertainty.n_members < 2:
-        raise ConfigError(
-            f"uncertainty=ensemble needs uncertainty.n_members >= 2, got {cfg.uncertainty.n_members}"
-        )
-    if policy != "thompson":
+    check_uncertainty(cfg.uncertainty, cfg.model.dropout, cfg.model.last_layer_dropout)
+    if cfg.policy.name != "thompson":
         return []
-    if kind not in POSTERIORS:
+    offers, kind = capabilities(cfg.uncertainty), cfg.uncertainty.kind
+    if not offers.posterior_in_training:
+        with_posterior = [
+            k for k, offer in CAPABILITIES.items() if offer(cfg.uncertainty).posterior_in_training
+        ]
         raise ConfigError(
-            f"policy=thompson needs a posterior to sample from: uncertainty=ensemble (served by export) or "
-            f"mc_dropout, got uncertainty={kind}. For a single model choose policy=epsilon_greedy (the "
-            "default), softmax or greedy."
+            f"policy=thompson needs a posterior to sample from: uncertainty={' or '.join(with_posterior)}, got "
+            f"uncertainty={kind}. For a single model choose policy=epsilon_greedy (the default), softmax or greedy."
         )
-    if kind == "mc_dropout":
+    if not offers.exported_posterior:
         return [
-            "policy=thompson with uncertainty=mc_dropout: validation reports it, but export serves Thompson "
+            f"policy=thompson with uncertainty={kind}: validation reports it, but export serves Thompson "
             "from ensembles only; export this model with policy.name=epsilon_greedy, softmax or greedy"
         ]
     return []

@@ -20,7 +20,7 @@ from deepbandit.evaluation.estimators import DR, SNIPS, estimate_all
 from deepbandit.losses.objectives import compute_loss, reward_targets
 from deepbandit.losses.weights import poisson_bootstrap_weights
 from deepbandit.models.encoders import INPUT_NAMES, ImageEmbeddingLookup, ModelConfig
-from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
+from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer, capabilities
 from deepbandit.policies.policies import Greedy, make_policy
 from deepbandit.training.config import LossConfig, PolicyConfig, TrainerConfig
 
@@ -65,7 +65,8 @@ class BanditModule(L.LightningModule):
         self.objective = loss_cfg.objective()
         self.model = build_scorer(model_cfg, uncertainty_cfg, title_genres)
         self.lookup = ImageEmbeddingLookup(image_embedding)
-        self.bootstrap = uncertainty_cfg.kind == "ensemble" and uncertainty_cfg.bootstrap
+        self.offers = capabilities(uncertainty_cfg)  # what the uncertainty model gives (asked, not named)
+        self.bootstrap = self.offers.bootstrap_members
         self.step_fn = torch.compile(self._loss) if trainer_cfg.compile else self._loss
         self._val: list[dict[str, Tensor]] = []
         self.val_metrics: dict[str, float] = {}
@@ -119,14 +120,16 @@ class BanditModule(L.LightningModule):
         }
         if self._has_posterior():
             g = torch.Generator(device="cpu").manual_seed(self.trainer_cfg.seed + batch_idx)
-            n = self.policy_cfg.n_samples
-            if self.uncertainty_cfg.kind == "mc_dropout" and n is None:
-                n = self.uncertainty_cfg.n_samples
+            n = (
+                self.policy_cfg.n_samples
+                if self.policy_cfg.n_samples is not None
+                else self.offers.posterior_draws
+            )
             out["samples"] = self.model.posterior_samples(n, generator=g, **x).float()
         self._val.append({k: v.detach().cpu() for k, v in out.items()})
 
     def _has_posterior(self) -> bool:
-        return self.policy_cfg.name == "thompson" and self.uncertainty_cfg.kind in ("ensemble", "mc_dropout")
+        return self.policy_cfg.name == "thompson" and self.offers.posterior_in_training
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
@@ -171,7 +174,7 @@ class BanditModule(L.LightningModule):
                 ]
             ).numpy()[keep]
             dists["thompson"] = make_policy(
-                "thompson", kind=self.uncertainty_cfg.kind, epsilon=p.epsilon
+                "thompson", kind=self.offers.thompson_kind, epsilon=p.epsilon
             ).action_dist(np.where(mask[:, None, :], samples, 0.0), mask)
         elif p.name == "epsilon_greedy":
             dists[p.name] = make_policy(p.name, epsilon=p.epsilon).action_dist(

@@ -287,3 +287,21 @@ def test_unknown_uncertainty_kind_is_a_clear_error():
         build_scorer(CFG, config, GENRES)
     with pytest.raises(ValueError, match="an ensemble needs n_members >= 2"):
         build_scorer(CFG, UncertaintyConfig(kind="ensemble", n_members=1), GENRES)
+
+
+def test_every_uncertainty_model_says_what_it_offers():
+    from deepbandit.models.uncertainty import CAPABILITIES, UNCERTAINTY, UncertaintyConfig, capabilities
+
+    assert set(CAPABILITIES) == set(UNCERTAINTY)
+    offers = {kind: capabilities(UncertaintyConfig(kind=kind, n_samples=7)) for kind in UNCERTAINTY}
+    assert offers["none"].posterior == "none" and not offers["none"].posterior_in_training
+    ensemble = offers["ensemble"]
+    assert ensemble.posterior == "exact" and ensemble.exported_posterior and ensemble.bootstrap_members
+    assert ensemble.posterior_draws is None and ensemble.thompson_kind == "ensemble"
+    assert not capabilities(UncertaintyConfig(kind="ensemble", bootstrap=False)).bootstrap_members
+    dropout = offers["mc_dropout"]
+    assert dropout.posterior == "sampled" and dropout.posterior_draws == 7 and not dropout.exported_posterior
+    assert dropout.thompson_kind == "mc_dropout"
+    assert (
+        offers["neural_linear"].posterior == "sampled" and not offers["neural_linear"].posterior_in_training
+    )
