@@ -130,9 +130,12 @@ def _main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg)
     except ValidationError as e:
-        cli_console(stderr=True).print(f"[bold red]invalid:[/] {escape(str(e))}", highlight=False)
+        # the data break the contract: the command's finding (exit 1), not a usage mistake (exit 2)
+        cli_console(stderr=True).print(
+            f"deepbandit validate: [bold red]invalid:[/] {escape(str(e))}", soft_wrap=True
+        )
         raise SystemExit(1) from e
-    print_summary(summary, Console())
+    print_summary(summary, cli_console())
 
 
 def main() -> None:

@@ -147,3 +147,14 @@ def test_options_are_checked_before_lightning_loads():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == ["2", "False", "True"], done.stdout + done.stderr
+
+
+def test_validate_reports_logs_that_break_the_contract_in_one_line_with_exit_code_1(
+    places, capsys, monkeypatch, tmp_path
+):
+    # invalid data is what validate is for: its finding (exit 1), not a usage mistake (exit 2)
+    code, err = _run(["validate", f"dataset={places['empty']}"], capsys, monkeypatch, tmp_path)
+    assert (
+        code == 1 and err.startswith("deepbandit validate: invalid: ") and len(err.strip().splitlines()) == 1
+    )
+    assert "impressions" in err
