@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepbandit.data.hashing import hash_uniform
-from deepbandit.data.world import US_PER_S, Contexts, World
+from deepbandit.data.logs import Contexts
+from deepbandit.data.world import US_PER_S, World
 from deepbandit.errors import ConfigError
 
 POLICIES = ("uniform", "epsilon_greedy", "softmax")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepbandit.data.world import candidates_from_impressions, padded_list_column
+from deepbandit.data.logs import candidates_from_impressions, padded_list_column
 from deepbandit.errors import ConfigError, DataError
 
 # Columns the evaluation reads from an impressions table (segments may add more).

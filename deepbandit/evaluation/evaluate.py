@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.data.io import open_impressions, read_images, read_titles
+from deepbandit.data.logs import contexts_from_impressions
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE, WORLD_FILE
-from deepbandit.data.world import World, contexts_from_impressions
+from deepbandit.data.world import World
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import (
     LoggedRows,

@@ -59,7 +59,7 @@ class BundleScorer:
     def _embeddings(self, table: pa.Table, batch) -> torch.Tensor:
         if self.image_ids is None:
             return self.bundle.image_embedding[batch.candidate_image_idx]
-        from deepbandit.data.world import candidates_from_impressions
+        from deepbandit.data.logs import candidates_from_impressions
 
         cand, mask = candidates_from_impressions(table)
         pos = np.clip(np.searchsorted(self.image_ids, cand), 0, len(self.image_ids) - 1)

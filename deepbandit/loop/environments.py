@@ -19,15 +19,10 @@ import pyarrow as pa
 
 from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.logging_policies import LoggingPolicyConfig
+from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import TITLES_SCHEMA, images_schema
 from deepbandit.data.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
-from deepbandit.data.world import (
-    S_PER_DAY,
-    US_PER_S,
-    WorldConfig,
-    candidates_from_impressions,
-    contexts_from_impressions,
-)
+from deepbandit.data.world import S_PER_DAY, US_PER_S, WorldConfig
 
 # Columns of a request: the impression contract minus what the decision and the outcome add.
 REQUEST_COLUMNS = (

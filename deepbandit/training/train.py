@@ -26,10 +26,11 @@ import pyarrow.compute as pc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
-from deepbandit.data.world import World, candidates_from_impressions, contexts_from_impressions
+from deepbandit.data.world import World
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
 from deepbandit.models.bundle import ModelBundle

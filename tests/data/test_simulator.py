@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from scipy import stats
 
 from deepbandit.cli import simulate as simulate_cli
+from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions, padded_list_column
 from deepbandit.data.schema import (
     IMAGES_FILE,
     IMPRESSIONS_DIR,
@@ -34,16 +35,7 @@ from deepbandit.data.simulator import (
     TruthAccumulator,
     build,
 )
-from deepbandit.data.world import (
-    COUNTRIES,
-    US_PER_S,
-    World,
-    alias_draw,
-    alias_table,
-    candidates_from_impressions,
-    contexts_from_impressions,
-    padded_list_column,
-)
+from deepbandit.data.world import COUNTRIES, US_PER_S, World, alias_draw, alias_table
 
 
 def compose_config(*overrides: str) -> SimulateConfig:
