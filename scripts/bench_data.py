@@ -3,7 +3,7 @@
 For each size (default 1M and 10M impressions) it measures, each phase in a fresh child process so peak
 memory is that phase's own:
 
-* simulate: ``deepbandit.data.simulator.simulate`` writing the dataset (rows/s, peak RSS);
+* simulate: ``deepbandit.sim.simulator.simulate`` writing the dataset (rows/s, peak RSS);
 * on the simulated log and on a fixed-shape log (25 candidates, 20 plays per row: the issue's target
   shape), written with ``write_impressions``: Arrow decode alone, then decode + ``table_to_batch`` through
   ``ImpressionStream`` (one process; with and without ``tune_allocator``), then a 2-worker DataLoader;
@@ -149,7 +149,7 @@ def dataset_stats(root: Path) -> dict:
 
 
 def phase_simulate(n: int, out: str) -> dict:
-    from deepbandit.data.simulator import SimulateConfig, simulate
+    from deepbandit.sim.simulator import SimulateConfig, simulate
 
     config = SimulateConfig(n_impressions=n, out_dir=out, overwrite=True, progress=False)
     with PeakRSS() as mem:

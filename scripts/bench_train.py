@@ -33,9 +33,9 @@ import yaml
 from machine import machine
 from torch.utils.data import DataLoader, Dataset
 
-from deepbandit.data.simulator import SimulateConfig, simulate
-from deepbandit.data.world import WorldConfig
 from deepbandit.models.uncertainty import UncertaintyConfig
+from deepbandit.sim.simulator import SimulateConfig, simulate
+from deepbandit.sim.world import WorldConfig
 from deepbandit.training.config import DataConfig, TrainConfig
 from deepbandit.training.datamodule import BanditDataModule, ResidentLoader
 from deepbandit.training.module import BanditModule

@@ -25,7 +25,7 @@ from machine import machine
 from omegaconf import OmegaConf
 
 import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
-from deepbandit.data.simulator import simulate
+from deepbandit.sim.simulator import simulate
 from deepbandit.training.config import DataConfig, ModelGroupConfig, TrainConfig, TrainerConfig
 from deepbandit.training.train import train
 

@@ -13,18 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deepbandit"
 # package -> the deepbandit packages it may import (errors and formatting are leaves anyone may use)
 ALLOWED = {
     "data": set(),
+    "sim": {"data"},
     "models": {"data"},
     "losses": {"data", "models"},
     "policies": {"data"},
-    "evaluation": {
-        "data",
-        "policies",
-        "models",
-    },  # models: only model_policy.py, the bundle-to-arrays adapter
-    "training": {"data", "models", "losses", "policies", "evaluation"},
+    # sim: true values on simulated logs; models: only model_policy.py, the bundle-to-arrays adapter
+    "evaluation": {"data", "sim", "policies", "models"},
+    "training": {"data", "sim", "models", "losses", "policies", "evaluation"},
     "export": {"data", "models", "policies"},
     "serving": {"data", "policies"},
-    "loop": {"data", "models", "losses", "policies", "evaluation", "training", "export", "serving"},
+    "loop": {"data", "sim", "models", "losses", "policies", "evaluation", "training", "export", "serving"},
 }
 LEAVES = {"errors", "formatting", "atomic"}
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from deepbandit.cli._hydra import console as cli_console
 from deepbandit.cli._hydra import entry_point
-from deepbandit.data.simulator import POLICY_NAMES, SimulateConfig, simulate
+from deepbandit.sim.simulator import POLICY_NAMES, SimulateConfig, simulate
 
 log = logging.getLogger(__name__)
 

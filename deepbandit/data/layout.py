@@ -6,7 +6,7 @@ names its files without importing pyarrow)."""
 IMPRESSIONS_DIR = "impressions"
 IMAGES_FILE = "images.parquet"
 TITLES_FILE = "titles.parquet"
-WORLD_FILE = "world.npz"  # simulated datasets: the world's ground truth (deepbandit.data.world.World)
+WORLD_FILE = "world.npz"  # simulated datasets: the world's ground truth (deepbandit.sim.world.World)
 TRUTH_FILE = "truth.json"  # simulated datasets: the true value of each reference policy
 
 # Export folder layout: written by deepbandit.export, read by deepbandit.serving (the manifest lists the files).

@@ -1,6 +1,6 @@
 """Reading logged impressions into arrays, on real logs as on simulated ones: the context columns the
 ground truth and the baselines read (``Contexts``), and list columns as padded (B, A) arrays with masks.
-(They lived in the simulator's world.py; evaluation and training read real logs with them.)"""
+(The simulator, deepbandit.sim, reads its own logs with them too.)"""
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ import pyarrow as pa
 from deepbandit.data.io import open_impressions, read_images, read_titles
 from deepbandit.data.logs import contexts_from_impressions
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE, WORLD_FILE
-from deepbandit.data.world import World
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import (
     LoggedRows,
@@ -38,6 +37,7 @@ from deepbandit.evaluation.baselines import (
 from deepbandit.evaluation.checks import EstimationError, SupportWarning
 from deepbandit.evaluation.estimators import DM, DR, IPS, SNDR, SNIPS, Replay, SwitchDR, estimate_all
 from deepbandit.evaluation.segments import DEFAULT_SEGMENTS, lift, segment_codes
+from deepbandit.sim.world import World
 
 ESTIMATORS = {
     "ips": IPS,

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.data.hashing import hash_uniform
-from deepbandit.data.logging_policies import LoggingPolicyConfig
 from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import TITLES_SCHEMA, images_schema
-from deepbandit.data.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
-from deepbandit.data.world import S_PER_DAY, US_PER_S, WorldConfig
+from deepbandit.sim.logging_policies import LoggingPolicyConfig
+from deepbandit.sim.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
+from deepbandit.sim.world import S_PER_DAY, US_PER_S, WorldConfig
 
 # Columns of a request: the impression contract minus what the decision and the outcome add.
 REQUEST_COLUMNS = (
@@ -107,7 +107,7 @@ def keyed_bernoulli(seed: int, requests: Requests, actions: np.ndarray, p: np.nd
 
 
 class ArtworkEnvironment:
-    """The simulated artwork world (``deepbandit.data.world``) as a loop environment.
+    """The simulated artwork world (``deepbandit.sim.world``) as a loop environment.
 
     Requests follow the simulator's traffic (members by activity, local-hour traffic, titles on the
     recommendation or rewatch path); round after round they move along the timeline of ``n_days``, with

@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.atomic import write_text_atomic
-from deepbandit.data.world import WorldConfig
 from deepbandit.errors import ConfigError
 from deepbandit.loop.agents import (
     DeepAgent,
@@ -40,6 +39,7 @@ from deepbandit.loop.environments import (
 )
 from deepbandit.loop.vw_agent import VowpalWabbitAgent, VWConfig, vw_available
 from deepbandit.policies import Decisions
+from deepbandit.sim.world import WorldConfig
 
 log = logging.getLogger(__name__)
 

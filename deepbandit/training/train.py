@@ -30,11 +30,11 @@ from deepbandit.data.logs import candidates_from_impressions, contexts_from_impr
 from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
-from deepbandit.data.world import World
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ModelConfig
+from deepbandit.sim.world import World
 from deepbandit.training.callbacks import EpochLines, FiniteLossCheck, StreamEpoch, TrueValueMonitor
 from deepbandit.training.config import TrainConfig, check_choices, typed_config
 from deepbandit.training.datamodule import BanditDataModule

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from deepbandit.cli.main import main
-from deepbandit.data.simulator import SimulateConfig, simulate
-from deepbandit.data.world import WorldConfig
 from deepbandit.errors import ConfigError
+from deepbandit.sim.simulator import SimulateConfig, simulate
+from deepbandit.sim.world import WorldConfig
 
 
 @pytest.fixture(scope="module")

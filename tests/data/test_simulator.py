@@ -27,7 +27,7 @@ from deepbandit.data.schema import (
     TITLES_SCHEMA,
     images_schema,
 )
-from deepbandit.data.simulator import (
+from deepbandit.sim.simulator import (
     SIMULATED_IMPRESSIONS_SCHEMA,
     TRUTH_FILE,
     WORLD_FILE,
@@ -35,7 +35,7 @@ from deepbandit.data.simulator import (
     TruthAccumulator,
     build,
 )
-from deepbandit.data.world import COUNTRIES, US_PER_S, World, alias_draw, alias_table
+from deepbandit.sim.world import COUNTRIES, US_PER_S, World, alias_draw, alias_table
 
 
 def compose_config(*overrides: str) -> SimulateConfig:

@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 
 import deepbandit.cli.evaluate as cli
 import deepbandit.cli.simulate  # noqa: F401
-from deepbandit.data.simulator import SimulateConfig, simulate
-from deepbandit.data.world import WorldConfig
+from deepbandit.sim.simulator import SimulateConfig, simulate
+from deepbandit.sim.world import WorldConfig
 
 
 @pytest.fixture(scope="module")

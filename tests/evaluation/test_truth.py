@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 
 import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.data.logs import contexts_from_impressions
-from deepbandit.data.simulator import ImpressionGenerator, TruthAccumulator, build
 from deepbandit.evaluation.baselines import logged_rows, one_hot
 from deepbandit.evaluation.estimators import DR, IPS, SNDR, SNIPS, Replay, estimate_all
+from deepbandit.sim.simulator import ImpressionGenerator, TruthAccumulator, build
 
 SEEDS = range(6)
 N_ROWS = 4000

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from deepbandit.data.validation import validate_table
-from deepbandit.data.world import WorldConfig
 from deepbandit.loop.agents import DeepConfig
 from deepbandit.loop.environments import ArtworkEnvironment, ClassificationEnvironment, Environment
 from deepbandit.loop.loop import LoopConfig, run_loop
+from deepbandit.sim.world import WorldConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from deepbandit.data.validation import validate_table
-from deepbandit.data.world import WorldConfig
 from deepbandit.loop import loop as loop_module
 from deepbandit.loop.environments import ArtworkEnvironment, ClassificationEnvironment
 from deepbandit.loop.loop import LoopConfig, run_loop
 from deepbandit.loop.vw_agent import VWConfig
+from deepbandit.sim.world import WorldConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -366,7 +366,7 @@ def test_splitmix64_known_answers_and_python_reference():
 
 
 def test_hash_uniform_is_uniform_and_agrees_with_the_simulator():
-    from deepbandit.data.logging_policies import hash_uniform as simulator_hash
+    from deepbandit.sim.logging_policies import hash_uniform as simulator_hash
 
     member = np.arange(-50_000, 50_000, dtype=np.int64)
     title = np.full_like(member, 7)

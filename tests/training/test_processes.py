@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
-from deepbandit.data.simulator import simulate
+from deepbandit.sim.simulator import simulate
 from deepbandit.training.ddp_check import TOLERANCE
 
 

@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 
 import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.cli import sweep_report
-from deepbandit.data.simulator import simulate
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
+from deepbandit.sim.simulator import simulate
 from deepbandit.training.callbacks import NonFiniteLossError
 from deepbandit.training.config import DataConfig, ModelGroupConfig, TrainConfig, TrainerConfig
 from deepbandit.training.datamodule import ResidentLoader, TrainingDataError

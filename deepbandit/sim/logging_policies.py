@@ -26,8 +26,8 @@ import numpy as np
 
 from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.logs import Contexts
-from deepbandit.data.world import US_PER_S, World
 from deepbandit.errors import ConfigError
+from deepbandit.sim.world import US_PER_S, World
 
 POLICIES = ("uniform", "epsilon_greedy", "softmax")
 

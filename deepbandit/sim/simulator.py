@@ -43,13 +43,6 @@ import pyarrow.parquet as pq
 
 from deepbandit.atomic import file_mode, write_text_atomic
 from deepbandit.data.io import write_parquet_atomic
-from deepbandit.data.logging_policies import (
-    LoggingPolicy,
-    LoggingPolicyConfig,
-    make_logging_policy,
-    sample_segments,
-    segment_argmax,
-)
 from deepbandit.data.schema import (
     IMAGES_FILE,
     IMPRESSION_FIELDS,
@@ -61,8 +54,15 @@ from deepbandit.data.schema import (
     TRUTH_FILE,
     WORLD_FILE,
 )
-from deepbandit.data.world import US_PER_S, World, WorldConfig, segment_offsets
 from deepbandit.errors import ConfigError
+from deepbandit.sim.logging_policies import (
+    LoggingPolicy,
+    LoggingPolicyConfig,
+    make_logging_policy,
+    sample_segments,
+    segment_argmax,
+)
+from deepbandit.sim.world import US_PER_S, World, WorldConfig, segment_offsets
 
 POLICY_NAMES = ("random", "logging", "best_unpersonalised", "oracle")
 SPLITS = ("all", "prior_interaction_true", "prior_interaction_false")
