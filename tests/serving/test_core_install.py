@@ -4,6 +4,7 @@ for the committed requests. It installs from the package index, as a serving ima
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -33,8 +34,18 @@ def test_the_core_install_alone_serves_the_committed_export(tmp_path):
     env = tmp_path / "core"
     venv.EnvBuilder(with_pip=True).create(env)
     python = env / "bin" / "python"
+    # pip builds in the source folder: build a copy, so that the test writes nothing into the checkout
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "deepbandit", "conf"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(
+            REPO / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
+        )
     install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
         capture_output=True,
         text=True,
     )
