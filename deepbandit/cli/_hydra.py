@@ -154,15 +154,18 @@ def _remove_empty_run_dir() -> None:
             folder.rmdir()
 
 
-def exit_on_user_error(command: str):
-    """Decorate a Hydra task: a user's mistake raised inside it exits with code 2 after one or two lines on
+def entry_point(config_name: str, command: str | None = None):
+    """``@hydra.main`` on ``conf/<config_name>.yaml`` for ``deepbandit <command>``. The task first refuses
+    unset required options; a user's mistake raised inside it exits with code 2 after one or two lines on
     stderr (SystemExit passes through Hydra's job runner, which would otherwise print the failing job's
     overrides and a traceback first). With ``--debug`` it propagates as it is."""
+    command = command or config_name.replace("_", "-")
 
     def decorate(task):
         @functools.wraps(task)
-        def wrapped(cfg):
+        def checked(cfg: DictConfig):
             try:
+                require_options(cfg, config_name, command)
                 return task(cfg)
             except Exception as err:
                 if os.environ.get(DEBUG_ENV) == "1" or not report_user_error(err, command):
@@ -170,24 +173,8 @@ def exit_on_user_error(command: str):
                 _remove_empty_run_dir()
                 raise SystemExit(2) from None
 
-        return wrapped
-
-    return decorate
-
-
-def entry_point(config_name: str, command: str | None = None):
-    """``@hydra.main`` on ``conf/<config_name>.yaml`` for ``deepbandit <command>``, whose task first refuses
-    unset required options and reports a user's mistake in one or two lines (exit code 2)."""
-    command = command or config_name.replace("_", "-")
-
-    def decorate(task):
-        @functools.wraps(task)
-        def checked(cfg: DictConfig):
-            require_options(cfg, config_name, command)
-            return task(cfg)
-
         return hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base=HYDRA_VERSION_BASE)(
-            exit_on_user_error(command)(checked)
+            checked
         )
 
     return decorate

@@ -24,8 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 CONF_MODULE = "deepbandit.conf"
-# Hydra's own groups, and ours that hold whole-run overlays rather than options of one part
-_HIDDEN_GROUPS = ("hydra",)
+_HIDDEN_GROUPS = ("hydra",)  # Hydra's own groups (launcher, sweeper, logging): --hydra-help lists them
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
 
 
@@ -33,8 +32,8 @@ def conf_dir() -> Path:
     return Path(str(resources.files(CONF_MODULE)))
 
 
-def _split_comment(rest: str) -> tuple[str, str | None]:
-    """``value  # comment`` -> (value, comment); a ``#`` inside quotes is part of the value."""
+def _trailing_comment(rest: str) -> str | None:
+    """The comment of ``value  # comment`` (None without one); a ``#`` inside quotes is part of the value."""
     quote = None
     for i, ch in enumerate(rest):
         if quote:
@@ -42,8 +41,8 @@ def _split_comment(rest: str) -> tuple[str, str | None]:
         elif ch in "\"'":
             quote = ch
         elif ch == "#" and (i == 0 or rest[i - 1].isspace()):
-            return rest[:i].strip(), rest[i + 1 :].strip()
-    return rest.strip(), None
+            return rest[i + 1 :].strip()
+    return None
 
 
 def yaml_comments(path: Path, prefix: str = "") -> dict[str, str]:
@@ -71,7 +70,7 @@ def yaml_comments(path: Path, prefix: str = "") -> dict[str, str]:
         while stack and stack[-1][0] >= indent:
             stack.pop()
         dotted = ".".join([prefix, *(k for _, k in stack), key] if prefix else [*(k for _, k in stack), key])
-        _, comment = _split_comment(match["rest"])
+        comment = _trailing_comment(match["rest"])
         if comment is None and above:
             comment = re.sub(rf"^{key}:\s*", "", " ".join(above))
         if comment and key != "defaults":

@@ -67,7 +67,7 @@ def _run(name: str, rest: list[str], debug: bool) -> None:
 
     sys.argv = [f"deepbandit {name}", *rest]
     # Exceptions come back to us, not to Hydra's trimmed-traceback printer: those raised while Hydra composes
-    # the config here, those raised by the task to its `exit_on_user_error` wrapper.
+    # the config here, those raised by the task to its `entry_point` wrapper.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     if debug:
         os.environ[DEBUG_ENV] = "1"  # the task's wrapper re-raises too
