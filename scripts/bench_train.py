@@ -39,7 +39,7 @@ from deepbandit.sim.world import WorldConfig
 from deepbandit.training.config import DataConfig, TrainConfig
 from deepbandit.training.datamodule import BanditDataModule, ResidentLoader
 from deepbandit.training.module import BanditModule
-from deepbandit.training.train import model_config
+from deepbandit.training.train import build_module, model_config
 
 MODELS = {
     "K=1 (default model)": UncertaintyConfig(),
@@ -130,15 +130,8 @@ def run_case(data_dir: str, model: str, path: str, precision: str, compile_step:
     n_rows = (WARMUP + args.steps) * args.batch
     host = host[torch.arange(n_rows) % len(host)]
     torch.manual_seed(0)
-    module = BanditModule(
-        model_config(cfg, dm),
-        MODELS[model],
-        cfg.loss,
-        cfg.policy,
-        cfg.trainer,
-        dm.image_table.embedding,
-        dm.title_genres,
-    ).to(device)
+    cfg.uncertainty = MODELS[model]
+    module = build_module(cfg, model_config(cfg, dm), dm.image_table.embedding, dm.title_genres).to(device)
     if path == "resident":
         loader = ResidentLoader(host.to(device), args.batch, shuffle=True)
     else:

@@ -2,7 +2,7 @@
 
     deepbandit export bundle=runs/x/model.pt out_dir=export/
     deepbandit export bundle=runs/x/model.pt out_dir=export/ fp16=true triton=true \
-        policy.name=thompson policy.kind=ensemble policy.min_propensity=0.01
+        policy=thompson policy.min_propensity=0.01
 
 Runs the onnxruntime-vs-torch parity check before writing the manifest (a failing check writes none) and
 prints it. docs/export-and-serving.md describes the files and how serving reads them.
@@ -10,7 +10,7 @@ prints it. docs/export-and-serving.md describes the files and how serving reads 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -25,29 +25,15 @@ from deepbandit.cli._hydra import (
 from deepbandit.cli._hydra import (
     console as cli_console,
 )
-from deepbandit.errors import ConfigError
-
-
-@dataclass
-class PolicyConfig:
-    """The serving policy: ``make_policy(name, **fields that are not None)`` (deepbandit.policies)."""
-
-    # greedy | epsilon_greedy | softmax | thompson (ensembles only); None: the training run's policy
-    # (bundle meta), else greedy
-    name: str | None = None
-    epsilon: float | None = None  # epsilon_greedy, thompson
-    temperature: float | None = None  # softmax
-    kind: str | None = None  # thompson: ensemble
-    min_propensity: float | None = None
-    sticky_window_seconds: int | None = None
-    seed: int | None = None
+from deepbandit.policies.config import PolicyConfig
 
 
 @dataclass
 class ExportConfig:
     bundle: str = MISSING  # path to model.pt written by training
     out_dir: str | None = None  # export folder; None: <the bundle's folder>/export
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # the serving policy (policy=<name>, conf/policy/); None: the training run's (bundle meta), else greedy
+    policy: PolicyConfig | None = None
     fp16: bool = False  # also write model_fp16.onnx (fp16 inside, fp32 at the boundary)
     triton: bool = True  # also write <out_dir>/triton/<model_name>/
     model_name: str = "artwork_scorer"  # name of the Triton model (triton/<model_name>/) and in manifest.json
@@ -68,11 +54,7 @@ def run(cfg: DictConfig | ExportConfig) -> dict:
 
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExportConfig), cfg))
-    policy = {k: v for k, v in asdict(cfg.policy).items() if v is not None}
-    if "name" not in policy:
-        if len(policy):
-            raise ConfigError(f"policy fields {sorted(policy)} given without policy.name")
-        policy = None
+    policy = cfg.policy
     out_dir = cfg.out_dir if cfg.out_dir is not None else Path(cfg.bundle).parent / "export"
     result = export_bundle(
         ModelBundle.load(cfg.bundle),

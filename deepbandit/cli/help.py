@@ -10,6 +10,7 @@ Nothing here imports torch: help must come back in a second or two.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
 import io
 import re
@@ -135,8 +136,12 @@ def dataclass_comments(cls: type, prefix: str = "") -> dict[str, str]:
         hints = {}
     for f in dataclasses.fields(cls):
         sub = hints.get(f.name)
+        if typing.get_origin(sub) is dict and len(typing.get_args(sub)) == 2:
+            sub, key = typing.get_args(sub)[1], "*."  # a dict of dataclasses: any key (matched by fnmatch)
+        else:
+            key = ""
         if isinstance(sub, type) and dataclasses.is_dataclass(sub):
-            out.update(dataclass_comments(sub, f"{prefix}{f.name}."))
+            out.update(dataclass_comments(sub, f"{prefix}{f.name}.{key}"))
     return out
 
 
@@ -173,15 +178,17 @@ def descriptions(config_name: str, choices: dict[str, str | None]) -> dict[str, 
         out.update(dataclass_comments(cls))
     root = conf_dir()
     for group, option in choices.items():
-        path = root / group / f"{option}.yaml"
+        # "model@deep.model": conf/model/<option>.yaml placed at deep.model
+        folder, _, package = group.partition("@")
+        path = root / folder / f"{option}.yaml"
         if option and path.is_file():
-            out.update(yaml_comments(path, prefix=group.replace("/", ".")))
+            out.update(yaml_comments(path, prefix=package or folder.replace("/", ".")))
     out.update(yaml_comments(root / f"{config_name}.yaml"))
     return out
 
 
 def group_options(group: str) -> list[str]:
-    folder = conf_dir() / group
+    folder = conf_dir() / group.partition("@")[0]
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
@@ -245,5 +252,8 @@ def render(command: str, config_name: str, summary: str, overrides: list[str]) -
     key_width = min(max(len(k) for k in shown), 34)
     value_width = max(len(v) for v in shown.values())
     for key, value in shown.items():
-        lines.append(f"  {key:<{key_width}}  {value:<{value_width}}  {described.get(key, '')}".rstrip())
+        text = described.get(key) or next(
+            (d for k, d in described.items() if fnmatch.fnmatchcase(key, k)), ""
+        )
+        lines.append(f"  {key:<{key_width}}  {value:<{value_width}}  {text}".rstrip())
     return "\n".join(lines)

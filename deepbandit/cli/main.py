@@ -82,6 +82,31 @@ def _run(name: str, rest: list[str], debug: bool) -> None:
         raise SystemExit(2) from None
 
 
+def _unchosen_groups(name: str, overrides: list[str]) -> None:
+    """Options of a config group the command leaves unchosen by default (``- policy: null`` in its yaml,
+    e.g. export's serving policy) can only be set once the group is chosen; Hydra's own error for
+    ``policy.epsilon=0.1`` alone is an internal assertion."""
+    import yaml
+
+    from deepbandit.cli.help import conf_dir
+
+    config_name = SUBCOMMANDS[name][1]
+    if config_name is None:
+        return
+    defaults = yaml.safe_load((conf_dir() / f"{config_name}.yaml").read_text()).get("defaults", [])
+    unchosen = {k for d in defaults if isinstance(d, dict) for k, v in d.items() if v is None}
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    for group in sorted(unchosen - set(keys)):
+        given = [k for k in keys if k.startswith(f"{group}.")]
+        if given:
+            print(
+                f"deepbandit {name}: error: {given[0]} needs {group} chosen first: {group}=<name> {given[0]}=... "
+                f"(`deepbandit {name} --help` lists the choices)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
 def _needs_train_extra(name: str) -> None:
     """A core install (serving only) has no Hydra, torch or Lightning: say which extra the command needs."""
     missing = [m for m in ("hydra", "torch", "lightning") if importlib.util.find_spec(m) is None]
@@ -110,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     if config_name is not None and HELP_FLAGS & set(rest):
         _help(name, config_name, [a for a in rest if a not in HELP_FLAGS], debug)
         return
+    _unchosen_groups(name, rest)
     _run(name, rest, debug)
 
 

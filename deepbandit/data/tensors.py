@@ -20,28 +20,14 @@ import pyarrow.dataset as ds
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from deepbandit.data.features import REQUEST_FIELDS
 from deepbandit.data.io import DEFAULT_BATCH_ROWS, ShardStrategy, iter_record_batches, open_dataset
 from deepbandit.data.schema import MAX_HISTORY
 from deepbandit.data.vocab import FeatureVocabs, Vocab
 
-# Columns table_to_batch reads (request_id and propensity_kind are not needed for training).
-TENSOR_COLUMNS = (
-    "timestamp",
-    "member_id",
-    "title_id",
-    "candidate_image_ids",
-    "chosen_image_id",
-    "propensity",
-    "reward",
-    "played_title_ids",
-    "country",
-    "language",
-    "device",
-    "hour",
-    "weekday",
-    "recommender_score",
-    "prior_interaction",
-)
+# Columns table_to_batch reads: the logged decision, the row's keys and the model inputs' sources
+# (data.features; request_id and propensity_kind are not needed for training).
+TENSOR_COLUMNS = ("timestamp", "member_id", "chosen_image_id", "propensity", "reward", *REQUEST_FIELDS)
 OPTIONAL_TENSOR_COLUMNS = ("action_dist", "member_features")
 
 
@@ -212,6 +198,22 @@ class ImageTable:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageTable:
         return ImageTable(self.embedding.to(device, non_blocking=non_blocking))
+
+
+def title_genre_matrix(titles: pa.Table, vocabs: FeatureVocabs) -> torch.Tensor:
+    """(n_titles + 2, G) float32 multi-hot genres aligned with ``vocabs.title``, rows normalised to sum 1
+    (rows of titles without genres, padding and unknown stay 0). Titles outside the vocab are ignored."""
+    n_genres = len(vocabs.genre) - 2
+    out = np.zeros((len(vocabs.title), max(n_genres, 1)), dtype=np.float32)
+    genres = titles.column("genres").combine_chunks()
+    t_idx = vocabs.title.lookup(titles.column("title_id"))
+    lengths = pc.list_value_length(genres).to_numpy(zero_copy_only=False)
+    g_idx = vocabs.genre.lookup(pc.list_flatten(genres)) - 2
+    rows = np.repeat(t_idx, lengths)
+    keep = (rows >= 2) & (g_idx >= 0)
+    out[rows[keep], g_idx[keep]] = 1.0
+    sums = out.sum(1, keepdims=True)
+    return torch.from_numpy(np.divide(out, sums, out=np.zeros_like(out), where=sums > 0))
 
 
 def table_to_batch(
@@ -539,5 +541,6 @@ __all__ = [
     "ImpressionBatch",
     "ImpressionStream",
     "table_to_batch",
+    "title_genre_matrix",
     "tune_allocator",
 ]

@@ -66,6 +66,8 @@ class Vocab:
         self._span = int(self.keys[-1]) - self._lo + 1 if kind == "int64" and len(self.keys) else 0
         self._table: np.ndarray | None = None
         self._set_lookup: pc.SetLookupOptions | None = None
+        # numpy strings (serving's requests) are matched by one searchsorted on the sorted keys
+        self._str_keys = self.keys.astype(np.str_) if kind == "string" and len(self.keys) else None
         if kind == "string":
             self._set_lookup = pc.SetLookupOptions(value_set=pa.array(self.keys.tolist(), pa.string()))
         elif len(self.keys) and self._span != len(self.keys):
@@ -138,6 +140,9 @@ class Vocab:
             ValueError: ``values`` holds nulls (they are not "unknown": they are missing data).
         """
         if self.kind == "string":
+            if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+                pos, found = self.find(values)
+                return np.where(found, pos + N_RESERVED, UNK).astype(np.int64)
             return self._lookup_strings(_as_arrow(values))
         if isinstance(values, pa.Array | pa.ChunkedArray):
             if values.null_count:
@@ -167,6 +172,16 @@ class Vocab:
         if outside is not None:
             out[outside] = UNK
         return out
+
+    def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``keys`` (N,), found (N,) bool) of numpy ids or strings, by one searchsorted:
+        serving's image index uses the positions of images it has embeddings for."""
+        keys = self._str_keys if self.kind == "string" else self.keys
+        values = np.asarray(values)
+        if keys is None or not len(keys) or not len(values):
+            return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+        pos = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+        return pos, keys[pos] == values
 
     def _lookup_strings(self, array: pa.Array) -> np.ndarray:
         if array.null_count:

@@ -33,54 +33,26 @@ import torch
 from torch import Tensor, nn
 
 from deepbandit.atomic import atomic_file
+from deepbandit.data.features import INPUT_DTYPES, active_inputs, input_shapes
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import INPUT_NAMES, random_inputs
+from deepbandit.models.encoders import random_inputs
 from deepbandit.models.uncertainty import capabilities
 
 OPSET = 17
 
-# dtype of each graph input at the boundary (serving builds exactly these)
-INPUT_DTYPES: dict[str, str] = {
-    "history_title_idx": "int64",
-    "history_mask": "bool",
-    "country_idx": "int64",
-    "language_idx": "int64",
-    "device_idx": "int64",
-    "hour": "int64",
-    "weekday": "int64",
-    "recommender_score": "float32",
-    "prior_interaction": "float32",
-    "title_idx": "int64",
-    "candidate_embeddings": "float32",
-    "candidate_mask": "bool",
-    "candidate_image_idx": "int64",
-    "member_features": "float32",
-}
-
 
 def input_names(bundle: ModelBundle) -> list[str]:
-    """The graph's inputs for this bundle, in ``INPUT_NAMES`` order."""
+    """The graph's inputs for this bundle, in ``INPUT_NAMES`` order (``data.features.active_inputs``)."""
     cfg = bundle.model_cfg
-    names = list(INPUT_NAMES[:12])
-    if cfg.image_id_hash_buckets > 0:
-        names.append("candidate_image_idx")
-    if cfg.member_features_dim > 0:
-        names.append("member_features")
-    return names
+    return [i.name for i in active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim)]
 
 
 def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history"."""
+    """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history" (from the contract)."""
     cfg = bundle.model_cfg
-    shapes = {
-        "history_title_idx": ["batch", "history"],
-        "history_mask": ["batch", "history"],
-        "candidate_embeddings": ["batch", "candidates", cfg.embedding_dim],
-        "candidate_mask": ["batch", "candidates"],
-        "candidate_image_idx": ["batch", "candidates"],
-        "member_features": ["batch", cfg.member_features_dim],
-    }
-    return {n: {"dtype": INPUT_DTYPES[n], "shape": shapes.get(n, ["batch"])} for n in input_names(bundle)}
+    inputs = active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim)
+    shapes = input_shapes(inputs, cfg.embedding_dim, cfg.member_features_dim)
+    return {i.name: {"dtype": i.dtype, "shape": shapes[i.name]} for i in inputs}
 
 
 def output_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:

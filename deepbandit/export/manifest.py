@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deepbandit.atomic import write_text_atomic
+from deepbandit.data.features import FEATURE_TRANSFORMS
 from deepbandit.data.schema import MAX_CANDIDATES, MAX_HISTORY, SCHEMA_VERSION
 from deepbandit.errors import ConfigError
 from deepbandit.export.graph import OPSET, input_specs, output_specs
@@ -20,31 +21,6 @@ from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import PAD_LOGIT
 
 MANIFEST_VERSION = 1
-
-# How raw request fields become graph inputs (serving/features.py implements exactly this).
-FEATURE_TRANSFORMS: dict[str, str] = {
-    "title_idx": "vocabularies.title lookup of title_id (unknown -> 1)",
-    "history_title_idx": (
-        "vocabularies.title lookup of played_title_ids (most recent first), first max_history kept, "
-        "left-aligned, padded with 0; history_mask True on real entries; H = max length in batch (>= 1)"
-    ),
-    "country_idx": "vocabularies.country lookup of the country string (unknown -> 1)",
-    "language_idx": "vocabularies.language lookup (unknown -> 1)",
-    "device_idx": "vocabularies.device lookup (unknown -> 1)",
-    "hour": "member-local hour, integer 0..23, int64 (the graph applies sin/cos)",
-    "weekday": "integer 0..6, Monday = 0, int64",
-    "recommender_score": "raw upstream score as float32 (the graph applies a signed log1p)",
-    "prior_interaction": "bool as float32 0/1",
-    "candidate_embeddings": (
-        "rows of images.npy at vocabularies.image lookup of candidate_image_ids (or embeddings added "
-        "at serving time), left-aligned, zero-padded; candidate_mask True on real candidates"
-    ),
-    "candidate_image_idx": (
-        "vocabularies.image index of each candidate; 1 (unknown) for images added after training, so "
-        "their hashed id embedding is never read; 0 on padding"
-    ),
-    "member_features": "dense float32 vector of member_features_dim per request",
-}
 
 
 def build_manifest(

@@ -25,35 +25,38 @@ from deepbandit.export.manifest import build_manifest, write_manifest
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.uncertainty import capabilities
+from deepbandit.policies.config import PolicyConfig
 
 
-def serving_policy(bundle: ModelBundle, policy: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``make_policy`` spec to serve: ``policy`` as given, else the training run's policy config
-    (``{name, epsilon, temperature, n_samples}`` in bundle.meta) translated: thompson becomes
-    Thompson("ensemble") over every member (n_samples is not used: all K members give exact propensities),
-    epsilon_greedy keeps epsilon, softmax keeps temperature; with neither, greedy.
+def serving_policy(
+    bundle: ModelBundle, policy: PolicyConfig | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``make_policy`` spec to serve: ``policy`` (a PolicyConfig, or a spec dict as the manifest stores
+    it), else the training run's (``bundle.meta["policy"]``), else greedy. Thompson becomes the model's
+    posterior kind over every member (all K members give exact propensities; ``n_samples`` is not used).
 
-    Raises ValueError for Thompson on a model whose posterior is not exported (not an ensemble).
+    Raises ConfigError for Thompson on a model whose posterior is not exported (not an ensemble).
     """
     if policy is None:
-        trained = bundle.meta.get("policy") or {"name": "greedy"}
-        name = trained.get("name", "greedy")
-        keep = {"epsilon_greedy": ("epsilon",), "softmax": ("temperature",), "thompson": ("epsilon",)}
-        policy = {"name": name, **{k: trained[k] for k in keep.get(name, ()) if trained.get(k) is not None}}
-        if name == "thompson":
-            policy["kind"] = "ensemble"
-    policy = dict(policy)
-    if policy.get("name") == "thompson" and not capabilities(bundle.uncertainty_cfg).exported_posterior:
+        policy = PolicyConfig.from_spec(bundle.meta.get("policy") or {"name": "greedy"})
+    offers = capabilities(bundle.uncertainty_cfg)
+    if isinstance(policy, PolicyConfig):
+        spec = policy.spec(offers.thompson_kind)
+    else:  # a spec as make_policy takes it: missing fields keep the policy's own defaults
+        spec = dict(policy)
+        if spec.get("name") == "thompson":
+            spec.setdefault("kind", offers.thompson_kind)
+    if spec.get("name") == "thompson" and not offers.exported_posterior:
         raise ConfigError(
             f"policy thompson is served for ensembles only; this model's uncertainty is "
             f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/graph.py): export with "
-            "policy.name=greedy, epsilon_greedy or softmax"
+            "policy=greedy, epsilon_greedy or softmax"
         )
     from deepbandit.policies import make_policy
 
-    spec = dict(policy)
-    make_policy(spec.pop("name"), **spec)  # fail now, not in the serving process
-    return policy
+    fields = dict(spec)
+    make_policy(fields.pop("name"), **fields)  # fail now, not in the serving process
+    return spec
 
 
 @dataclass
@@ -70,7 +73,7 @@ def export_bundle(
     bundle: ModelBundle,
     out_dir: str | os.PathLike,
     *,
-    policy: dict[str, Any] | None = None,
+    policy: PolicyConfig | dict[str, Any] | None = None,
     fp16: bool = False,
     triton: bool = False,
     model_name: str = "artwork_scorer",
@@ -83,7 +86,7 @@ def export_bundle(
     optionally the Triton repository ``triton/<model_name>/``. Runs the parity check first and refuses
     to write a manifest for a graph that disagrees with torch (``parity.check_parity`` raises).
 
-    policy: the serving policy, {"name": ..., **fields} as for ``deepbandit.policies.make_policy``;
+    policy: the serving policy, a PolicyConfig or its spec {"name": ..., **fields};
     None: the training run's (``bundle.meta["policy"]``, see :func:`serving_policy`), else greedy.
     max_history: history entries kept per request (default: bundle.meta or the contract's MAX_HISTORY).
     """

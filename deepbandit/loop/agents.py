@@ -8,9 +8,10 @@ called once per round with the round's rewards (B,) (batched, delayed feedback, 
 * ``UnpersonalisedThompson``: Beta-Bernoulli Thompson sampling per image (images belong to one title, so
   per (title, image)); the same posterior for every member.
 * ``LinUCB``: shared-parameter LinUCB (Li et al. 2010) on phi(x, a) = context vector (x) image embedding.
-* ``DeepAgent``: our network (``deepbandit.models``), retrained warm-started on everything it logged,
-  exported to ONNX and served by ``deepbandit.serving.ArtworkService`` with a greedy, epsilon-greedy or
-  ensemble-Thompson policy.
+* ``DeepAgent``: our network (``deepbandit.models``), retrained warm-started on everything it logged with
+  the training step of ``deepbandit train``, exported to ONNX and served by
+  ``deepbandit.serving.ArtworkService`` with its policy (``deep_<policy>``: greedy, epsilon_greedy,
+  softmax, thompson).
 """
 
 from __future__ import annotations
@@ -18,25 +19,25 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from deepbandit.data.tensors import ImageTable
+from deepbandit.data.tensors import ImageTable, ImpressionBatch, table_to_batch, title_genre_matrix
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError
-from deepbandit.loop.environments import Environment, Requests
-from deepbandit.losses.objectives import ObjectiveConfig, compute_loss
-from deepbandit.losses.weights import poisson_bootstrap_weights
+from deepbandit.loop.environments import Environment, Requests, impressions_table
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ModelConfig
-from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
-from deepbandit.policies import Decisions, EpsilonGreedy, Greedy, Policy, Thompson
+from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig
+from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer, capabilities, check_uncertainty
+from deepbandit.policies import Decisions, EpsilonGreedy, Greedy, Thompson
+from deepbandit.policies.config import PolicyConfig
+from deepbandit.training.config import LossConfig, ModelGroupConfig
+from deepbandit.training.fit import OptimConfig, TrainingStep, fit_epochs, make_optimizer
 
 
 class Agent(Protocol):
@@ -173,51 +174,82 @@ class LinUCB:
 
 
 @dataclass
-class DeepConfig:
-    """The deep agents' network, retraining and serving.
+class DeepAgentsConfig:
+    """The deep agents ``deep_<policy>``: the network, uncertainty, loss and policies come from the same
+    config groups as ``deepbandit train`` (conf/model, conf/uncertainty, conf/loss, conf/policy), the
+    optimiser is trainer's (``OptimConfig``) and the step is training's (``deepbandit.training.fit``).
 
-    serve: "onnx" (export after every retrain and decide through ``ArtworkService``: the real hand-off)
-    or "torch" (decide with the torch model on the same features; faster, for tests and sweeps).
-    warmup_rounds: rounds served uniformly at random before the first model (exact propensities).
-    retrain_every: rounds between retrains; each retrain runs ``epochs`` passes over everything the agent
-    logged so far, continuing from the previous weights and optimiser state (warm start).
-    importance_weight_reward: weight the cross-entropy by 1/propensity (clipped at ``clip``); off by
-    default: the network regresses the reward of the shown image, which needs no reweighting when the
-    model can represent the truth, and the on-policy logs' tiny propensities would only add variance.
+    An agent whose policy samples a posterior (thompson) uses ``uncertainty``; the others train one
+    network. Each retrain runs ``epochs`` passes over everything the agent logged, continuing from the
+    previous weights and optimiser state (warm start). serve: "onnx" (export after every retrain and
+    decide through ``ArtworkService``: the real hand-off) or "torch" (the torch model on the same
+    features; faster, for tests and sweeps).
     """
 
-    id_dim: int = 16  # width of the learned embeddings: titles, countries, languages, devices, genres
-    tower_dim: int = 32  # width d of the member and image representations
-    hidden_dim: int = 64  # width of the hidden layer of each tower
-    head_dim: int = 64  # width of the interaction head's last hidden layer
-    n_members: int = 5  # ensemble size of deep_thompson (greedy / epsilon use one network)
-    prior_scale: float = 0.0  # deep_thompson: scale of the randomised prior networks; 0 = none
-    bootstrap: bool = True  # deep_thompson: train each member on its own Poisson(1) bootstrap
-    lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam weight decay (L2 penalty, not decoupled)
+    # The defaults are conf/loop.yaml's choices (model=small, uncertainty=ensemble with 3 members and no
+    # prior, loss=reward, the four policies, lr 0.003, batch 512), so LoopConfig() in Python runs the CLI's
+    # loop; tests/loop/test_loop.py checks that the two agree.
+    model: ModelGroupConfig = field(
+        default_factory=lambda: ModelGroupConfig(hidden=64, tower_dim=32, head_dim=64, id_dim=16)
+    )
+    # deep agents whose policy samples a posterior (thompson); bootstrap seeds add the agent's seed
+    uncertainty: UncertaintyConfig = field(
+        default_factory=lambda: UncertaintyConfig(kind="ensemble", n_members=3, prior_scale=0.0)
+    )
+    loss: LossConfig = field(default_factory=LossConfig)
+    # agent deep_<name> decides with policies[<name>] (conf/policy/<name>.yaml)
+    policies: dict[str, PolicyConfig] = field(
+        default_factory=lambda: {
+            "greedy": PolicyConfig(name="greedy"),
+            "epsilon_greedy": PolicyConfig(name="epsilon_greedy"),
+            "softmax": PolicyConfig(name="softmax", temperature=0.5),
+            "thompson": PolicyConfig(name="thompson", epsilon=0.0),
+        }
+    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=512))
     epochs: int = 2  # passes over everything the agent logged, per retrain
-    batch_size: int = 512  # impressions per Adam step
-    importance_weight_reward: bool = False  # weight the cross-entropy by 1/propensity, clipped at clip
-    clip: float = 20.0  # cap of the importance weights (>= 1); read only with importance_weight_reward
-    epsilon: float = 0.1  # deep_epsilon: probability spread uniformly over the candidates
-    min_propensity: float = 0.0  # floor on every candidate's probability, all deep agents; 0 = none
     warmup_rounds: int = 1  # rounds served uniformly at random before the first model
     retrain_every: int = 1  # rounds between retrains (warm start, on everything logged so far)
-    serve: str = "onnx"
+    serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
     # torch threads while training: these small networks train several times faster on one thread than
     # on oversubscribed cores (0: leave torch's setting)
     threads: int = 1
+    max_history: int = 32  # most recent played titles the model reads per request
 
+    def policy(self, agent: str) -> PolicyConfig:
+        """The policy of agent ``deep_<name>``; ConfigError if there is none."""
+        name = agent.removeprefix("deep_")
+        if name not in self.policies:
+            raise ConfigError(
+                f"loop agent {agent!r}: no policy deep.policies.{name}; deep agents are "
+                f"{', '.join('deep_' + p for p in self.policies)}"
+            )
+        return self.policies[name]
 
-def title_genre_matrix(titles: pa.Table, vocabs: FeatureVocabs) -> torch.Tensor:
-    """(n_titles + 2, G) float32 multi-hot genres aligned with the title vocab, rows normalised to sum 1."""
-    genres = titles.column("genres").combine_chunks()
-    n = pc.list_value_length(genres).to_numpy()
-    rows = np.repeat(vocabs.title.lookup(titles.column("title_id")), n)
-    cols = vocabs.genre.lookup(pc.list_flatten(genres)) - 2
-    g = np.zeros((len(vocabs.title), len(vocabs.genre) - 2), np.float32)
-    g[rows, cols] = 1.0
-    return torch.from_numpy(g / np.maximum(g.sum(axis=1, keepdims=True), 1.0))
+    def uncertainty_of(self, policy: PolicyConfig) -> UncertaintyConfig:
+        return self.uncertainty if policy.name == "thompson" else UncertaintyConfig(kind="none")
+
+    def check(self, agent: str) -> None:
+        """Refuse an agent that cannot work, before the loop starts."""
+        if self.serve not in ("onnx", "torch"):
+            raise ConfigError(f"loop config: deep.serve must be 'onnx' or 'torch', got {self.serve!r}")
+        for name in ("epochs", "retrain_every", "max_history"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"loop config: deep.{name} must be >= 1, got {getattr(self, name)}")
+        policy = self.policy(agent)
+        unc = self.uncertainty_of(policy)
+        check_uncertainty(unc, self.model.dropout, self.model.last_layer_dropout)
+        offers = capabilities(unc)
+        if policy.name == "thompson" and not offers.posterior_in_training:
+            raise ConfigError(
+                f"loop agent {agent}: thompson needs deep.uncertainty with a posterior, got {unc.kind}"
+            )
+        if policy.name == "thompson" and self.serve == "onnx" and not offers.exported_posterior:
+            raise ConfigError(
+                f"loop agent {agent}: deep.uncertainty={unc.kind} is not served through ONNX (ensembles are); "
+                "use deep.serve=torch"
+            )
+        policy.build(offers.thompson_kind)
 
 
 class Featurizer:
@@ -226,32 +258,20 @@ class Featurizer:
     the torch path, training and the ONNX service see identical inputs."""
 
     def __init__(self, env: Environment, first: Requests, max_history: int = 32):
-        from deepbandit.serving.features import ImageIndex, NumpyVocab
+        from deepbandit.serving.features import ImageIndex
 
         images = env.images_table()
         self.vocabs = FeatureVocabs.build(first.table, images=images, titles=env.titles_table())
         self.image_embedding = ImageTable.from_table(images, self.vocabs.image).embedding
         self.title_genres = title_genre_matrix(env.titles_table(), self.vocabs)
-        self.numpy_vocabs = {n: NumpyVocab(v) for n, v in self.vocabs.to_dict().items()}
+        self.numpy_vocabs = {n: getattr(self.vocabs, n) for n in FeatureVocabs.NAMES}
         self.image_index = ImageIndex(self.numpy_vocabs["image"])
         self.member_features_dim = env.member_features_dim
         self.max_history = max_history
 
-    def model_config(self, cfg: DeepConfig) -> ModelConfig:
-        v = self.vocabs
-        return ModelConfig(
-            n_titles=len(v.title) - 2,
-            n_countries=len(v.country) - 2,
-            n_languages=len(v.language) - 2,
-            n_devices=len(v.device) - 2,
-            n_images=len(v.image) - 2,
-            n_genres=self.title_genres.shape[1],
-            embedding_dim=self.image_embedding.shape[1],
-            member_features_dim=self.member_features_dim,
-            id_dim=cfg.id_dim,
-            tower_dim=cfg.tower_dim,
-            hidden_dim=cfg.hidden_dim,
-            head_dim=cfg.head_dim,
+    def model_config(self, model: ModelGroupConfig) -> ModelConfig:
+        return model.model_config(
+            self.vocabs, self.title_genres.shape[1], self.image_embedding.shape[1], self.member_features_dim
         )
 
     def __call__(self, requests: Requests, input_names: list[str]) -> dict[str, np.ndarray]:
@@ -273,6 +293,11 @@ class Featurizer:
             requests.cache["feeds"] = graph.feeds
         return requests.cache["feeds"]
 
+    def logged(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> ImpressionBatch:
+        """A round as training reads it: the logged impressions (the log contract) through ``table_to_batch``."""
+        table = impressions_table(requests, decisions, rewards)
+        return table_to_batch(table, self.vocabs, max_history=self.max_history)
+
 
 @contextmanager
 def _threads(n: int):
@@ -286,62 +311,45 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
-def _pad_concat(arrays: list[np.ndarray]) -> np.ndarray:
-    """Concatenate along axis 0, zero-padding axis 1 (candidates / history) to the widest."""
-    if arrays[0].ndim == 1:
-        return np.concatenate(arrays)
-    width = max(a.shape[1] for a in arrays)
-    padded = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
-    return np.concatenate(padded)
-
-
-@dataclass
-class _Log:
-    """What a deep agent logged: per round the model inputs and (action, propensity, reward, row_key)."""
-
-    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
-    outcome: list[tuple[np.ndarray, ...]] = field(default_factory=list)
-
-
 class DeepAgent:
-    """Our network as a bandit: ``kind`` "greedy", "epsilon" (epsilon-greedy) or "thompson" (bootstrapped
-    ensemble with ``n_members`` networks, exact propensities from the per-member winners)."""
+    """Our network as a bandit, deciding with its policy (``DeepAgentsConfig.policy``): greedy,
+    epsilon-greedy, softmax, or Thompson sampling from the posterior of ``deep.uncertainty`` (a
+    bootstrapped ensemble by default: exact propensities from the per-member winners)."""
 
-    def __init__(self, kind: str, featurizer: Featurizer, cfg: DeepConfig, seed: int, work_dir: Path | None):
-        policies: dict[str, Policy] = {
-            "greedy": Greedy(min_propensity=cfg.min_propensity),
-            "epsilon": EpsilonGreedy(cfg.epsilon, min_propensity=cfg.min_propensity),
-            "thompson": Thompson("ensemble", min_propensity=cfg.min_propensity),
-        }
-        if kind not in policies:
-            raise ConfigError(f"DeepAgent: kind must be one of {sorted(policies)}, got {kind!r}")
-        if cfg.serve not in ("onnx", "torch"):
-            raise ConfigError(f"DeepAgent: serve must be 'onnx' or 'torch', got {cfg.serve!r}")
-        self.name, self.kind, self.cfg, self.policy = f"deep_{kind}", kind, cfg, policies[kind]
+    def __init__(
+        self, name: str, featurizer: Featurizer, cfg: DeepAgentsConfig, seed: int, work_dir: Path | None
+    ):
+        cfg.check(name)
+        self.name, self.cfg = name, cfg
+        self.policy_cfg = cfg.policy(name)
         self.featurizer = featurizer
-        self.model_cfg = featurizer.model_config(cfg)
-        self.unc_cfg = UncertaintyConfig(
-            kind="ensemble" if kind == "thompson" else "none",
-            n_members=cfg.n_members,
-            prior_scale=cfg.prior_scale,
-            bootstrap=cfg.bootstrap,
-            bootstrap_seed=seed,
-        )
+        self.model_cfg = featurizer.model_config(cfg.model)
+        unc = cfg.uncertainty_of(self.policy_cfg)
+        self.unc_cfg = replace(unc, bootstrap_seed=unc.bootstrap_seed + seed)
+        offers = capabilities(self.unc_cfg)
+        self.policy = self.policy_cfg.build(offers.thompson_kind)
+        self.samples = self.policy.input_ndim == 3  # decides on posterior draws
+        n = self.policy_cfg.n_samples
+        self.n_draws = n if n is not None else offers.posterior_draws
         torch.manual_seed(seed)
         self.model = build_scorer(self.model_cfg, self.unc_cfg, featurizer.title_genres)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.objective = ObjectiveConfig(
-            name="reward",
-            clip=cfg.clip if cfg.importance_weight_reward else None,
-            importance_weight_reward=cfg.importance_weight_reward,
+        self.step = TrainingStep(
+            self.model,
+            ImageEmbeddingLookup(featurizer.image_embedding),
+            cfg.loss.objective(),
+            transform=cfg.loss.transform,
+            threshold=cfg.loss.threshold,
+            bootstrap_seed=self.unc_cfg.bootstrap_seed if offers.bootstrap_members else None,
         )
+        self.optimizer = make_optimizer(self.model, cfg.optim)
         from deepbandit.export.graph import input_names
 
         self.input_names = input_names(self._bundle())
         self.seed, self.rounds, self.trained = seed, 0, False
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="loop-"))
         self.service = None
-        self.log = _Log()
+        self.logged: list[ImpressionBatch] = []
+        self.row_keys: list[np.ndarray] = []
         self.train_seconds = 0.0
         self.export_seconds = 0.0
 
@@ -353,11 +361,10 @@ class DeepAgent:
             self.featurizer.vocabs,
             self.featurizer.image_embedding,
             self.featurizer.title_genres,
-            meta={"source": "deepbandit loop", "agent": self.name},
+            meta={"source": "deepbandit loop", "agent": self.name, "policy": asdict(self.policy_cfg)},
         )
 
     def act(self, requests: Requests, rng: np.random.Generator) -> Decisions:
-        feeds = self.featurizer(requests, self.input_names)  # also kept for retraining
         if not self.trained:
             return uniform_decisions(requests.mask, rng)
         if self.service is not None:
@@ -366,28 +373,38 @@ class DeepAgent:
                 row, message = next(iter(out.errors.items()))
                 raise RuntimeError(f"{self.name}: the service refused request {row}: {message}")
             return Decisions(out.action, out.propensity, out.action_dist, out.propensity_kind)
+        feeds = self.featurizer(requests, self.input_names)
         with torch.no_grad(), _threads(self.cfg.threads):
             x = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            if self.kind == "thompson":
-                scores = self.model.posterior_samples(None, **x).numpy()  # (B, K, A): every member once
+            if self.samples:
+                scores = self.model.posterior_samples(self.n_draws, **x).numpy()  # (B, S, A)
             else:
                 scores = self.model(**x).numpy()
         return self.policy.decide(scores, requests.mask, rng=rng)
 
     def learn(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> None:
-        self.log.feeds.append(self.featurizer(requests, self.input_names))
-        self.log.outcome.append((decisions.action, decisions.propensity, rewards, requests.row_key))
+        self.logged.append(self.featurizer.logged(requests, decisions, rewards))
+        self.row_keys.append(requests.row_key)
         self.rounds += 1
         if (
             self.rounds >= self.cfg.warmup_rounds
-            and (self.rounds - self.cfg.warmup_rounds) % max(1, self.cfg.retrain_every) == 0
+            and (self.rounds - self.cfg.warmup_rounds) % self.cfg.retrain_every == 0
         ):
             self.retrain()
 
     def retrain(self) -> None:
         t0 = time.perf_counter()
         with _threads(self.cfg.threads):
-            self._fit()
+            fit_epochs(
+                self.step,
+                self.optimizer,
+                ImpressionBatch.cat(self.logged),
+                torch.from_numpy(np.concatenate(self.row_keys)),
+                epochs=self.cfg.epochs,
+                batch_size=self.cfg.optim.batch_size,
+                generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds),
+                gradient_clip_val=self.cfg.optim.gradient_clip_val,
+            )
         self.model.eval()
         self.trained = True
         self.train_seconds += time.perf_counter() - t0
@@ -396,52 +413,16 @@ class DeepAgent:
             self.export()
             self.export_seconds += time.perf_counter() - t1
 
-    def _fit(self) -> None:
-        """``epochs`` passes of Adam over everything logged so far, from the current weights."""
-        feeds = {k: torch.from_numpy(_pad_concat([f[k] for f in self.log.feeds])) for k in self.input_names}
-        action, pscore, reward, key = (
-            torch.from_numpy(np.concatenate(parts)) for parts in zip(*self.log.outcome, strict=True)
-        )
-        pscore, reward = pscore.float(), reward.float()
-        n = len(action)
-        weights = None
-        if self.kind == "thompson" and self.cfg.bootstrap:
-            weights = poisson_bootstrap_weights(key, self.cfg.n_members, self.seed)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds)
-        self.model.train()
-        for _ in range(self.cfg.epochs):
-            order = torch.randperm(n, generator=gen)
-            for lo in range(0, n, self.cfg.batch_size):
-                idx = order[lo : lo + self.cfg.batch_size]
-                x = {k: v[idx] for k, v in feeds.items()}
-                parts = compute_loss(
-                    self.objective,
-                    self.model.member_logits(**x),
-                    x["candidate_mask"],
-                    action[idx],
-                    reward[idx],
-                    pscore[idx],
-                    None if weights is None else weights[idx],
-                )
-                self.optimiser.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                self.optimiser.step()
-
     def export(self) -> None:
         """Export the current weights with ``deepbandit.export`` and load them in an ``ArtworkService``."""
         from deepbandit.export.onnx_export import export_bundle
         from deepbandit.serving import ArtworkService
 
         out = self.work_dir / self.name / f"round-{self.rounds:04d}"
-        spec = {"name": self.policy.name, "min_propensity": self.cfg.min_propensity}
-        if self.kind == "epsilon":
-            spec["epsilon"] = self.cfg.epsilon
-        if self.kind == "thompson":
-            spec["kind"] = "ensemble"
         export_bundle(
             self._bundle(),
             out,
-            policy=spec,
+            policy=self.policy_cfg,
             parity_batch_sizes=(7,),
             parity_candidates=(5,),
             max_history=self.featurizer.max_history,

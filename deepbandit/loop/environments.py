@@ -20,6 +20,7 @@ import pyarrow as pa
 from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import TITLES_SCHEMA, images_schema
+from deepbandit.policies import Decisions
 from deepbandit.sim.logging_policies import LoggingPolicyConfig
 from deepbandit.sim.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
 from deepbandit.sim.world import S_PER_DAY, US_PER_S, WorldConfig
@@ -97,6 +98,24 @@ def chosen_ids(requests: Requests, actions: np.ndarray) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"actions: row {row} picks position {actions[row]}, not a candidate")
     return requests.candidates[np.arange(len(actions)), actions]
+
+
+def impressions_table(requests: Requests, d: Decisions, rewards: np.ndarray) -> pa.Table:
+    """The agent's logged round in the log contract: the requests plus chosen image, propensity, reward,
+    action_dist (aligned with candidate_image_ids) and propensity_kind."""
+    n_cand = requests.mask.sum(axis=1)
+    offsets = np.zeros(len(requests) + 1, np.int32)
+    np.cumsum(n_cand, out=offsets[1:])
+    table = requests.table
+    for name, values in (
+        ("chosen_image_id", pa.array(chosen_ids(requests, d.action))),
+        ("propensity", pa.array(np.asarray(d.propensity, np.float64))),
+        ("reward", pa.array(np.asarray(rewards, np.float64))),
+        ("action_dist", pa.ListArray.from_arrays(pa.array(offsets), pa.array(d.action_dist[requests.mask]))),
+        ("propensity_kind", pa.repeat(pa.scalar(d.propensity_kind), len(requests))),
+    ):
+        table = table.append_column(name, values)
+    return table
 
 
 def keyed_bernoulli(seed: int, requests: Requests, actions: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from deepbandit.atomic import write_text_atomic
 from deepbandit.errors import ConfigError
 from deepbandit.loop.agents import (
     DeepAgent,
-    DeepConfig,
+    DeepAgentsConfig,
     Featurizer,
     LinUCB,
     RandomAgent,
@@ -35,15 +35,24 @@ from deepbandit.loop.environments import (
     ClassificationEnvironment,
     Environment,
     Requests,
-    chosen_ids,
+    impressions_table,
 )
 from deepbandit.loop.vw_agent import VowpalWabbitAgent, VWConfig, vw_available
-from deepbandit.policies import Decisions
 from deepbandit.sim.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
-AGENTS = ("random", "unpersonalised_ts", "linucb", "deep_greedy", "deep_epsilon", "deep_thompson", "vw")
+# deep_<name> for every policy of deep.policies
+BASELINE_AGENTS = ("random", "unpersonalised_ts", "linucb", "vw")
+DEFAULT_AGENTS = (
+    "random",
+    "unpersonalised_ts",
+    "linucb",
+    "deep_greedy",
+    "deep_epsilon_greedy",
+    "deep_thompson",
+    "vw",
+)
 ENVIRONMENTS = ("artwork", "digits")
 
 
@@ -57,10 +66,11 @@ class LoopConfig:
     start_date: str = "2024-01-01"  # artwork: UTC midnight of the first day (YYYY-MM-DD)
     n_rounds: int = 10  # rounds; every agent decides a round's requests, then learns from them
     requests_per_round: int = 4000  # requests per round, the same ones for every agent
-    agents: list[str] = field(default_factory=lambda: list(AGENTS))
+    # baselines (random, unpersonalised_ts, linucb, vw) and deep_<policy> for a policy of deep.policies
+    agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
     ts_samples: int = 32  # posterior draws per request of the unpersonalised Thompson bandit
     linucb_alpha: float = 0.5  # linucb: weight alpha of the confidence width in the score
-    deep: DeepConfig = field(default_factory=DeepConfig)
+    deep: DeepAgentsConfig = field(default_factory=DeepAgentsConfig)
     vw: VWConfig = field(default_factory=VWConfig)  # the vw agent (skipped when vowpalwabbit is missing)
     seed: int = 0  # seeds the world, the request stream, the reward noise and the agents
     out_dir: str = "loop"  # run directory: loop.json, plots, logs/<agent>.parquet, exports/ (ONNX)
@@ -73,9 +83,13 @@ class LoopConfig:
             raise ConfigError(
                 f"loop config: environment must be one of {ENVIRONMENTS}, got {self.environment!r}"
             )
-        unknown = [a for a in self.agents if a not in AGENTS]
+        known = [*BASELINE_AGENTS, *(f"deep_{p}" for p in self.deep.policies)]
+        unknown = [a for a in self.agents if a not in known and not a.startswith("deep_")]
         if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
-            raise ConfigError(f"loop config: agents must be distinct names among {AGENTS}, got {self.agents}")
+            raise ConfigError(f"loop config: agents must be distinct names among {known}, got {self.agents}")
+        for agent in self.agents:
+            if agent.startswith("deep_"):
+                self.deep.check(agent)
         for name in ("n_rounds", "requests_per_round", "ts_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
@@ -108,8 +122,8 @@ def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Pa
         elif name == "linucb":
             agents.append(LinUCB(env, devices, alpha=cfg.linucb_alpha))
         elif name.startswith("deep_"):
-            featurizer = featurizer or Featurizer(env, first)
-            agents.append(DeepAgent(name[5:], featurizer, cfg.deep, cfg.seed * 101 + k, work_dir / "exports"))
+            featurizer = featurizer or Featurizer(env, first, cfg.deep.max_history)
+            agents.append(DeepAgent(name, featurizer, cfg.deep, cfg.seed * 101 + k, work_dir / "exports"))
         elif name == "vw":
             if vw_available():
                 agents.append(VowpalWabbitAgent(env, devices, cfg.vw, cfg.seed * 101 + k))
@@ -118,24 +132,6 @@ def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Pa
                     "agent 'vw' skipped: vowpalwabbit is not installed (pip install 'deepbandit[vw]')"
                 )
     return agents
-
-
-def impressions_table(requests: Requests, d: Decisions, rewards: np.ndarray) -> pa.Table:
-    """The agent's logged round in the log contract: the requests plus chosen image, propensity, reward,
-    action_dist (aligned with candidate_image_ids) and propensity_kind."""
-    n_cand = requests.mask.sum(axis=1)
-    offsets = np.zeros(len(requests) + 1, np.int32)
-    np.cumsum(n_cand, out=offsets[1:])
-    table = requests.table
-    for name, values in (
-        ("chosen_image_id", pa.array(chosen_ids(requests, d.action))),
-        ("propensity", pa.array(np.asarray(d.propensity, np.float64))),
-        ("reward", pa.array(np.asarray(rewards, np.float64))),
-        ("action_dist", pa.ListArray.from_arrays(pa.array(offsets), pa.array(d.action_dist[requests.mask]))),
-        ("propensity_kind", pa.repeat(pa.scalar(d.propensity_kind), len(requests))),
-    ):
-        table = table.append_column(name, values)
-    return table
 
 
 def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Path | None = None) -> dict:

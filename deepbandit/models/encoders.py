@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepbandit.data.features import EMBEDDING, INPUT_NAMES, INPUTS, MEMBER_FEATURES, REQUIRED_INPUTS
+
 # Logit written at padded candidates. Finite on purpose: -inf turns a fully padded row or a masked
 # fp16/ONNX softmax into NaN, while exp(-1e4 - x) is exactly 0 in float32 for any sane valid logit x, so
 # padding can never win a softmax or an argmax. -1e4 is representable in fp16 (max 65504) and bf16.
@@ -30,24 +32,6 @@ POOLINGS = ("mean", "attention")
 # Knuth's multiplicative constant (< 2**32): idx * _HASH_MULT stays inside int64 for idx < 2**31, so the
 # hashed bucket is the same in torch, ONNX and numpy.
 _HASH_MULT = 2654435761
-
-INPUT_NAMES = (
-    "history_title_idx",
-    "history_mask",
-    "country_idx",
-    "language_idx",
-    "device_idx",
-    "hour",
-    "weekday",
-    "recommender_score",
-    "prior_interaction",
-    "title_idx",
-    "candidate_embeddings",
-    "candidate_mask",
-    "candidate_image_idx",
-    "member_features",
-)
-"""Keyword inputs of every scorer's ``forward`` (the last two optional), in export order."""
 
 
 @dataclass
@@ -365,13 +349,21 @@ class ImageEmbeddingLookup(nn.Module):
         return F.embedding(candidate_image_idx, self.image_embeddings)
 
 
+def model_inputs(batch, lookup: ImageEmbeddingLookup) -> dict[str, Tensor | None]:
+    """The scorer's keyword inputs (``INPUT_NAMES``) from an ``ImpressionBatch``: candidate embeddings
+    gathered from the catalogue table by ``lookup``."""
+    x = {n: getattr(batch, n) for n in INPUT_NAMES if n != "candidate_embeddings" and hasattr(batch, n)}
+    x["candidate_embeddings"] = lookup(batch.candidate_image_idx)
+    return x
+
+
 def validate_inputs(cfg: ModelConfig, inputs: Mapping[str, Tensor | None]) -> None:
     """Check the scorer inputs against the config; raise ValueError naming the input, row and value.
 
     Meant for the first batch of a run, tests and serving-side debugging, not every step: it syncs with
     the device. Shapes: see ``INPUT_NAMES`` and the module docstrings.
     """
-    missing = [n for n in INPUT_NAMES[:12] if inputs.get(n) is None]
+    missing = [n for n in REQUIRED_INPUTS if inputs.get(n) is None]
     if missing:
         raise ValueError(f"missing scorer inputs: {missing}")
     unknown = sorted(set(inputs) - set(INPUT_NAMES))
@@ -379,22 +371,14 @@ def validate_inputs(cfg: ModelConfig, inputs: Mapping[str, Tensor | None]) -> No
         raise ValueError(f"unknown scorer inputs: {unknown}")
     b, a = inputs["candidate_mask"].shape[:2] if inputs["candidate_mask"].dim() == 2 else (-1, -1)
     h = inputs["history_title_idx"].shape[-1]
-    # name -> (expected shape, integer vocabulary size or None, allowed (low, high) or None)
+    # the contract's axes, vocabularies and bounds (deepbandit.data.features), sized by this config
+    axis = {"batch": b, "candidates": a, "history": h, EMBEDDING: cfg.embedding_dim,
+            MEMBER_FEATURES: cfg.member_features_dim}  # fmt: skip
+    rows = {"title": cfg.n_titles, "country": cfg.n_countries, "language": cfg.n_languages,
+            "device": cfg.n_devices, "image": cfg.n_images}  # fmt: skip
     spec: dict[str, tuple[tuple[int, ...], int | None, tuple[float, float] | None]] = {
-        "history_title_idx": ((b, h), cfg.n_titles + 2, None),
-        "history_mask": ((b, h), None, None),
-        "country_idx": ((b,), cfg.n_countries + 2, None),
-        "language_idx": ((b,), cfg.n_languages + 2, None),
-        "device_idx": ((b,), cfg.n_devices + 2, None),
-        "hour": ((b,), None, (0, 23)),
-        "weekday": ((b,), None, (0, 6)),
-        "recommender_score": ((b,), None, None),
-        "prior_interaction": ((b,), None, (0, 1)),
-        "title_idx": ((b,), cfg.n_titles + 2, None),
-        "candidate_embeddings": ((b, a, cfg.embedding_dim), None, None),
-        "candidate_mask": ((b, a), None, None),
-        "candidate_image_idx": ((b, a), cfg.n_images + 2, None),
-        "member_features": ((b, cfg.member_features_dim), None, None),
+        name: (tuple(axis[x] for x in i.axes), rows[i.vocab] + 2 if i.vocab else None, i.bounds)
+        for name, i in INPUTS.items()
     }
     if b < 0:
         raise ValueError(f"candidate_mask must be (B, A), got shape {tuple(inputs['candidate_mask'].shape)}")
@@ -406,11 +390,11 @@ def validate_inputs(cfg: ModelConfig, inputs: Mapping[str, Tensor | None]) -> No
             continue
         if tuple(x.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
-        if name.endswith("_mask"):
+        if INPUTS[name].dtype == "bool":
             if x.dtype != torch.bool:
                 raise ValueError(f"{name} must be bool, got {x.dtype}")
             continue
-        if vocab is not None or name in ("hour", "weekday"):
+        if vocab is not None or INPUTS[name].dtype == "int64":
             if x.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"{name} must be an integer index tensor, got {x.dtype}")
             low, high = (0, vocab - 1) if vocab is not None else bounds

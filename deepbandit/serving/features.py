@@ -18,53 +18,11 @@ from typing import Any
 
 import numpy as np
 
-PAD = 0
-UNK = 1
-N_RESERVED = 2
+from deepbandit.data.features import REQUEST_FIELDS
+from deepbandit.data.vocab import N_RESERVED, UNK, Vocab
 
-REQUIRED_FIELDS = (
-    "member_id",
-    "title_id",
-    "candidate_image_ids",
-    "played_title_ids",
-    "country",
-    "language",
-    "device",
-    "hour",
-    "weekday",
-    "recommender_score",
-    "prior_interaction",
-)
-
-
-class NumpyVocab:
-    """Sorted keys -> indices 2.. (1 for unknown), the numpy twin of ``deepbandit.data.vocab.Vocab``.
-
-    Built from a manifest entry ``{"name", "kind", "keys", ...}``; lookups are one ``searchsorted``.
-    """
-
-    def __init__(self, entry: dict[str, Any]):
-        self.name = entry["name"]
-        self.kind = entry["kind"]
-        self.keys = np.asarray(entry["keys"], dtype=np.int64 if self.kind == "int64" else np.str_)
-        if self.kind == "string" and not len(self.keys):
-            self.keys = np.asarray([], dtype="<U1")
-
-    def __len__(self) -> int:
-        return len(self.keys) + N_RESERVED
-
-    def find(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions in keys (N,), found (N,) bool) for values (N,)."""
-        if not len(self.keys) or not len(values):
-            return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
-        pos = np.searchsorted(self.keys, values)
-        pos = np.minimum(pos, len(self.keys) - 1)
-        return pos, self.keys[pos] == values
-
-    def lookup(self, values: np.ndarray) -> np.ndarray:
-        """(N,) int64 indices: 2 + position for known values, 1 (unknown) otherwise."""
-        pos, found = self.find(values)
-        return np.where(found, pos + N_RESERVED, UNK).astype(np.int64)
+# member_id keys sticky decisions; the rest are the model inputs' request fields (data.features)
+REQUIRED_FIELDS = ("member_id", *REQUEST_FIELDS)
 
 
 @dataclass
@@ -362,7 +320,7 @@ class GraphInputs:
 
 def build_inputs(
     batch: RequestBatch,
-    vocabs: dict[str, NumpyVocab],
+    vocabs: dict[str, Vocab],
     image_rows: ImageIndex,
     embeddings: np.ndarray,
     input_names: list[str],
@@ -436,7 +394,7 @@ class ImageIndex:
     get rows after it and vocab index 1 (unknown), so the model scores them from content alone.
     """
 
-    def __init__(self, vocab: NumpyVocab):
+    def __init__(self, vocab: Vocab):
         self.vocab = vocab
         self.extra_ids = np.zeros(0, np.int64)  # sorted
         self.extra_rows = np.zeros(0, np.int64)

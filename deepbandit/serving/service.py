@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from deepbandit.data.layout import MANIFEST_FILE
+from deepbandit.data.vocab import Vocab
 from deepbandit.policies import Policy, Thompson, make_policy
 from deepbandit.serving.features import (
     ImageIndex,
-    NumpyVocab,
     RequestBatch,
     build_inputs,
     from_arrow,
@@ -74,7 +74,7 @@ class ArtworkService:
         self.manifest = manifest
         self.session = session
         self.policy = policy
-        self.vocabs = {n: NumpyVocab(v) for n, v in manifest["vocabularies"].items()}
+        self.vocabs = {n: Vocab.from_dict(v) for n, v in manifest["vocabularies"].items()}
         self.images = ImageIndex(self.vocabs["image"])
         self.embeddings = np.ascontiguousarray(embeddings, np.float32)
         self.input_names = list(manifest["inputs"])

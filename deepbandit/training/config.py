@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.errors import ConfigError
 from deepbandit.losses.objectives import ObjectiveConfig
-from deepbandit.models.encoders import POOLINGS
+from deepbandit.models.encoders import POOLINGS, ModelConfig
 from deepbandit.models.uncertainty import CAPABILITIES, UncertaintyConfig, capabilities, check_uncertainty
+from deepbandit.policies.config import PolicyConfig
+from deepbandit.training.fit import OptimConfig
 
 
 @dataclass
@@ -57,6 +59,29 @@ class ModelGroupConfig:
     pooling: str = "mean"  # pooling of the viewing history: mean | attention
     image_id_hash_buckets: int = 0  # hash buckets of a learned image-id embedding; 0 = none (content only)
 
+    def model_config(
+        self, vocabs, n_genres: int, embedding_dim: int, member_features_dim: int
+    ) -> ModelConfig:
+        """The scorer's ModelConfig: these widths and the vocabulary sizes of ``vocabs`` (FeatureVocabs)."""
+        return ModelConfig(
+            n_titles=len(vocabs.title) - 2,
+            n_countries=len(vocabs.country) - 2,
+            n_languages=len(vocabs.language) - 2,
+            n_devices=len(vocabs.device) - 2,
+            n_images=len(vocabs.image) - 2,
+            n_genres=n_genres,
+            embedding_dim=embedding_dim,
+            member_features_dim=member_features_dim,
+            id_dim=self.id_dim,
+            tower_dim=self.tower_dim,
+            hidden_dim=self.hidden,
+            head_dim=self.head_dim,
+            dropout=self.dropout,
+            last_layer_dropout=self.last_layer_dropout,
+            pooling=self.pooling,
+            image_id_hash_buckets=self.image_id_hash_buckets,
+        )
+
 
 @dataclass
 class LossConfig(ObjectiveConfig):
@@ -70,25 +95,11 @@ class LossConfig(ObjectiveConfig):
 
 
 @dataclass
-class PolicyConfig:
-    """The exploration policy validation reports beside greedy and export serves: epsilon_greedy (the
-    default) | softmax | greedy | thompson (needs ``uncertainty=ensemble`` or ``mc_dropout``, see
-    ``check_choices``). ``n_samples``: posterior draws for Thompson (null = every ensemble member)."""
+class TrainerConfig(OptimConfig):
+    """The Lightning run; the optimiser's fields (batch_size, lr, weight_decay, gradient_clip_val) come from
+    ``OptimConfig`` (``deepbandit.training.fit``), which the closed loop's deep agents share."""
 
-    name: str = "epsilon_greedy"  # epsilon_greedy | softmax | greedy | thompson
-    epsilon: float = 0.1  # probability spread uniformly over the candidates (epsilon_greedy, thompson)
-    temperature: float = 1.0  # softmax: probabilities proportional to exp(logit / temperature); > 0
-    # thompson: posterior draws per request; null: all members (mc_dropout: uncertainty.n_samples)
-    n_samples: int | None = None
-
-
-@dataclass
-class TrainerConfig:
     max_epochs: int = 5  # passes over the training split
-    batch_size: int = 1024  # global batch: split evenly over DDP ranks
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.0  # AdamW (decoupled) weight decay
-    gradient_clip_val: float | None = None  # clip the gradient norm at this; null: no clipping
     precision: str = "32-true"  # "bf16-mixed" on GPUs
     accelerator: str = "auto"  # Lightning accelerator: auto | cpu | gpu | cuda | mps | tpu
     devices: int | str = 1  # devices per node: a count, -1 = all, "auto", or a list such as "0,1"
@@ -192,7 +203,7 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     if not offers.exported_posterior:
         return [
             f"policy=thompson with uncertainty={kind}: validation reports it, but export serves Thompson "
-            "from ensembles only; export this model with policy.name=epsilon_greedy, softmax or greedy"
+            "from ensembles only; export this model with policy=epsilon_greedy, softmax or greedy"
         ]
     return []
 

@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader
 
 from deepbandit.data import io
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE
-from deepbandit.data.tensors import ImageTable, ImpressionBatch, ImpressionStream, table_to_batch
+from deepbandit.data.tensors import (
+    ImageTable,
+    ImpressionBatch,
+    ImpressionStream,
+    table_to_batch,
+    title_genre_matrix,
+)
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError, UserError
 from deepbandit.training.config import DataConfig, parse_split_at
@@ -59,22 +65,6 @@ def row_keys(member_id: torch.Tensor, title_id: torch.Tensor, timestamp: torch.T
     """A stable int64 key per logged row for the streaming path (no row index there): a mix of the member,
     the title index and the timestamp. Collisions only make two rows share bootstrap weights."""
     return member_id * 1_000_003 + timestamp * 7_919 + title_id
-
-
-def title_genre_matrix(titles: pa.Table, vocabs: FeatureVocabs) -> torch.Tensor:
-    """(n_titles + 2, G) float32 multi-hot genres aligned with ``vocabs.title``, rows normalised to sum 1
-    (rows of titles without genres, padding and unknown stay 0). Titles outside the vocab are ignored."""
-    n_genres = len(vocabs.genre) - 2
-    out = np.zeros((len(vocabs.title), max(n_genres, 1)), dtype=np.float32)
-    genres = titles.column("genres").combine_chunks()
-    t_idx = vocabs.title.lookup(titles.column("title_id"))
-    lengths = pc.list_value_length(genres).to_numpy(zero_copy_only=False)
-    g_idx = vocabs.genre.lookup(pc.list_flatten(genres)) - 2
-    rows = np.repeat(t_idx, lengths)
-    keep = (rows >= 2) & (g_idx >= 0)
-    out[rows[keep], g_idx[keep]] = 1.0
-    sums = out.sum(1, keepdims=True)
-    return torch.from_numpy(np.divide(out, sums, out=np.zeros_like(out), where=sums > 0))
 
 
 def check_learnable(table: pa.Table, source: str) -> None:
@@ -339,5 +329,4 @@ __all__ = [
     "check_learnable",
     "row_keys",
     "split_time",
-    "title_genre_matrix",
 ]

@@ -32,36 +32,57 @@ from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
+from deepbandit.evaluation.epoch_metrics import ValidationMetrics
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ModelConfig
+from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig, model_inputs
+from deepbandit.models.uncertainty import build_scorer, capabilities
 from deepbandit.sim.world import World
 from deepbandit.training.callbacks import EpochLines, FiniteLossCheck, StreamEpoch, TrueValueMonitor
 from deepbandit.training.config import TrainConfig, check_choices, typed_config
 from deepbandit.training.datamodule import BanditDataModule
-from deepbandit.training.module import BanditModule, model_inputs
+from deepbandit.training.fit import TrainingStep, make_optimizer
+from deepbandit.training.module import BanditModule
 
 log = logging.getLogger(__name__)
 
 
 def model_config(cfg: TrainConfig, dm: BanditDataModule) -> ModelConfig:
-    m, v = cfg.model, dm.vocabs
-    return ModelConfig(
-        n_titles=len(v.title) - 2,
-        n_countries=len(v.country) - 2,
-        n_languages=len(v.language) - 2,
-        n_devices=len(v.device) - 2,
-        n_images=len(v.image) - 2,
-        n_genres=dm.title_genres.shape[1],
-        embedding_dim=dm.image_table.dim,
-        member_features_dim=dm.member_features_dim,
-        id_dim=m.id_dim,
-        tower_dim=m.tower_dim,
-        hidden_dim=m.hidden,
-        head_dim=m.head_dim,
-        dropout=m.dropout,
-        last_layer_dropout=m.last_layer_dropout,
-        pooling=m.pooling,
-        image_id_hash_buckets=m.image_id_hash_buckets,
+    return cfg.model.model_config(
+        dm.vocabs, dm.title_genres.shape[1], dm.image_table.dim, dm.member_features_dim
+    )
+
+
+def build_module(
+    cfg: TrainConfig, model_cfg: ModelConfig, image_embedding: torch.Tensor, title_genres: torch.Tensor
+) -> BanditModule:
+    """The network of ``model``/``uncertainty``, its training step (``loss``), AdamW (``trainer``) and the
+    validation metrics of greedy and ``policy``, handed to the LightningModule."""
+    offers = capabilities(cfg.uncertainty)
+    model = build_scorer(model_cfg, cfg.uncertainty, title_genres)
+    lookup = ImageEmbeddingLookup(image_embedding)
+    step = TrainingStep(
+        model,
+        lookup,
+        cfg.loss.objective(),
+        transform=cfg.loss.transform,
+        threshold=cfg.loss.threshold,
+        bootstrap_seed=cfg.uncertainty.bootstrap_seed if offers.bootstrap_members else None,
+    )
+    exploration = None
+    if cfg.policy.name != "thompson" or offers.posterior_in_training:
+        exploration = cfg.policy.build(offers.thompson_kind)
+    t = cfg.trainer
+    metrics = ValidationMetrics(exploration, None if t.val_interval == "none" else t.val_interval, t.seed)
+    n_draws = cfg.policy.n_samples if cfg.policy.n_samples is not None else offers.posterior_draws
+    return BanditModule(
+        model,
+        lookup,
+        step,
+        lambda m: make_optimizer(m, t),
+        metrics,
+        posterior_draws=n_draws,
+        compile=t.compile,
+        seed=t.seed,
     )
 
 
@@ -280,15 +301,7 @@ def train(
     dm.prepare()
     model_cfg = model_config(cfg, dm)
     torch.manual_seed(cfg.trainer.seed)  # weights depend on the seed only, not on what ran before
-    module = BanditModule(
-        model_cfg,
-        cfg.uncertainty,
-        cfg.loss,
-        cfg.policy,
-        cfg.trainer,
-        dm.image_table.embedding,
-        dm.title_genres,
-    )
+    module = build_module(cfg, model_cfg, dm.image_table.embedding, dm.title_genres)
     callbacks = list(callbacks or [])
     world_path = root / WORLD_FILE
     world = World.load(world_path) if world_path.exists() else None

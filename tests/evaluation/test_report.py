@@ -61,12 +61,11 @@ def test_config_typo_and_bad_values_fail(dataset, tmp_path):
 def make_bundle(dataset, path, kind: str):
     """An untrained scorer saved as a bundle: enough to check the model path end to end."""
     from deepbandit.data.io import read_images, read_titles
-    from deepbandit.data.tensors import ImageTable
+    from deepbandit.data.tensors import ImageTable, title_genre_matrix
     from deepbandit.data.vocab import FeatureVocabs
     from deepbandit.models.bundle import ModelBundle
     from deepbandit.models.encoders import ModelConfig
     from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
-    from deepbandit.training.datamodule import title_genre_matrix
 
     images, titles = read_images(dataset / "images.parquet"), read_titles(dataset / "titles.parquet")
     vocabs = FeatureVocabs.build(dataset / "impressions", images=images, titles=titles)

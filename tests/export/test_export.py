@@ -202,15 +202,20 @@ def test_cli_run(tmp_path):
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = compose(
             "export",
-            overrides=[f"bundle={path}", f"out_dir={tmp_path / 'out'}", "policy.name=thompson",
-                       "policy.kind=ensemble", "policy.min_propensity=0.01", "parity_batch_sizes=[3]",
+            overrides=[f"bundle={path}", f"out_dir={tmp_path / 'out'}", "policy=thompson",
+                       "policy.min_propensity=0.01", "parity_batch_sizes=[3]",
                        "parity_candidates=[4]"],
         )  # fmt: skip
         with pytest.raises(Exception, match="temperatur"):
             compose("export", overrides=[f"bundle={path}", "out_dir=x", "temperatur=1"])
     summary = run(cfg)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["policy"] == {"name": "thompson", "kind": "ensemble", "min_propensity": 0.01}
+    assert manifest["policy"] == {
+        "name": "thompson",
+        "epsilon": 0.0,
+        "min_propensity": 0.01,
+        "kind": "ensemble",
+    }
     assert (tmp_path / "out" / "triton" / "artwork_scorer" / "config.pbtxt").is_file()
     assert summary["parity"][0]["batch"] == 3
 

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from deepbandit.data.validation import validate_table
-from deepbandit.loop.agents import DeepConfig
+from deepbandit.loop.agents import DeepAgentsConfig
 from deepbandit.loop.environments import ArtworkEnvironment, ClassificationEnvironment, Environment
 from deepbandit.loop.loop import LoopConfig, run_loop
+from deepbandit.models.uncertainty import UncertaintyConfig
 from deepbandit.sim.world import WorldConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -102,7 +103,11 @@ def artwork_run(tmp_path_factory) -> dict:
         n_rounds=5,
         requests_per_round=2000,
         agents=["random", "unpersonalised_ts", "linucb", "deep_thompson"],
-        deep=DeepConfig(serve="torch", epochs=2, n_members=5),
+        deep=DeepAgentsConfig(
+            serve="torch",
+            epochs=2,
+            uncertainty=UncertaintyConfig(kind="ensemble", n_members=5, prior_scale=0.0),
+        ),
         seed=0,
         progress=False,
     )
@@ -165,3 +170,31 @@ def test_cli_composes_and_runs_digits(tmp_path: Path) -> None:
     assert (tmp_path / "loop.json").is_file()
     # digits: the oracle always takes (expected reward 1), random takes one time in ten
     assert np.allclose(result["oracle"], 1.0) and np.allclose(result["random"], 0.1)
+
+
+def test_python_defaults_are_the_cli_loop() -> None:
+    """LoopConfig() in Python and `deepbandit loop` (conf/loop.yaml and the config groups it picks for the
+    deep agents) run the same loop: the dataclass defaults cannot drift from the yaml."""
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import deepbandit.cli.loop  # noqa: F401  (registers loop_schema)
+
+    with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
+        cfg = compose(config_name="loop", overrides=["out_dir=loop"])
+    composed = OmegaConf.to_object(cfg)
+    assert asdict(composed.deep) == asdict(LoopConfig().deep)
+    assert composed.agents == LoopConfig().agents
+
+
+def test_deep_agents_are_checked_before_the_loop() -> None:
+    from deepbandit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no policy deep.policies.boltzmann"):
+        LoopConfig(agents=["deep_boltzmann"]).validate()
+    with pytest.raises(ConfigError, match="thompson needs deep.uncertainty with a posterior"):
+        LoopConfig(
+            agents=["deep_thompson"], deep=DeepAgentsConfig(uncertainty=UncertaintyConfig())
+        ).validate()
