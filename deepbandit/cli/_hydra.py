@@ -160,6 +160,9 @@ def entry_point(config_name: str, command: str | None = None):
     stderr (SystemExit passes through Hydra's job runner, which would otherwise print the failing job's
     overrides and a traceback first). With ``--debug`` it propagates as it is."""
     command = command or config_name.replace("_", "-")
+    from deepbandit.cli.schemas import register_schema
+
+    register_schema(config_name)
 
     def decorate(task):
         @functools.wraps(task)

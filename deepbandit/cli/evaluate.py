@@ -9,10 +9,10 @@ table. docs/evaluation.md explains how to read them.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +30,13 @@ from deepbandit.cli._hydra import (
 )
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.estimators import INTERVAL_METHODS
-from deepbandit.evaluation.evaluate import EvaluationSettings, evaluate_rows, make_estimators, read_dataset
+from deepbandit.evaluation.evaluate import (
+    ESTIMATOR_PARAMS,
+    EvaluationSettings,
+    evaluate_rows,
+    make_estimators,
+    read_dataset,
+)
 from deepbandit.evaluation.plots import write_plots
 from deepbandit.evaluation.report import summary_rows, write_report
 
@@ -41,6 +47,10 @@ class EvaluateConfig:
     bundle: str | None = None
     model_policy: str = "greedy"
     estimators: list[str] = field(default_factory=lambda: ["ips", "snips", "dm", "dr", "sndr"])
+    # parameters of the estimators that take one, e.g. estimator_params.switch_dr.tau=5
+    estimator_params: dict[str, dict[str, float]] = field(
+        default_factory=lambda: copy.deepcopy(ESTIMATOR_PARAMS)
+    )
     interval: str = "bootstrap"
     alpha: float = 0.05
     n_bootstrap: int = 200  # resamples of interval=bootstrap (>= 2), shared by all estimators
@@ -54,9 +64,6 @@ class EvaluateConfig:
     plot_estimator: str = "snips"
     plots: bool = True
     out_dir: str | None = None
-
-
-ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -74,8 +81,11 @@ def run(cfg: DictConfig) -> dict:
         segment_estimator=cfg.segment_estimator,
         min_segment_rows=cfg.min_segment_rows,
         title_for_plot=cfg.title_for_plot,
+        estimator_params={k: dict(v) for k, v in cfg.estimator_params.items()},
     )
-    make_estimators(cfg.estimators)  # unknown names first: the plot's choice is checked against them
+    make_estimators(
+        cfg.estimators, settings.estimator_params
+    )  # unknown names first: the plot's choice is checked against them
     if cfg.interval not in INTERVAL_METHODS:
         raise ConfigError(f"interval must be one of {', '.join(INTERVAL_METHODS)}; got {cfg.interval!r}")
     if not 0 < cfg.alpha < 1:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from rich.table import Table
 
@@ -42,9 +41,6 @@ class ExportConfig:
     parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 7, 512])
     # candidate counts of the parity check, each tried with every parity_batch_sizes entry
     parity_candidates: list[int] = field(default_factory=lambda: [1, 25, 64])
-
-
-ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 
 def run(cfg: DictConfig | ExportConfig) -> dict:

@@ -137,6 +137,8 @@ def dataclass_comments(cls: type, prefix: str = "") -> dict[str, str]:
     for f in dataclasses.fields(cls):
         sub = hints.get(f.name)
         if typing.get_origin(sub) is dict and len(typing.get_args(sub)) == 2:
+            if f"{prefix}{f.name}" in out:  # every entry of a dict shares the field's description
+                out.setdefault(f"{prefix}{f.name}.*", out[f"{prefix}{f.name}"])
             sub, key = typing.get_args(sub)[1], "*."  # a dict of dataclasses: any key (matched by fnmatch)
         else:
             key = ""
@@ -158,6 +160,9 @@ def schema_class(config_name: str) -> type | None:
 
 def compose_with_choices(config_name: str, overrides: list[str]) -> tuple[DictConfig, dict[str, str | None]]:
     """The composed config (unresolved) and the option chosen in each config group."""
+    from deepbandit.cli.schemas import register_schema
+
+    register_schema(config_name)
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     choices = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from deepbandit.cli._hydra import entry_point, require_dir
@@ -30,9 +29,6 @@ class ImportObdConfig:
     out_dir: str = "data/obd/${behavior_policy}/${campaign}"  # relative to the working directory
     max_candidates: int | None = None  # None: the contract's MAX_CANDIDATES
     overwrite: bool = False  # replace an earlier import in out_dir
-
-
-ConfigStore.instance().store(name="import_obd_schema", node=ImportObdConfig)
 
 
 def run(cfg: DictConfig) -> dict:

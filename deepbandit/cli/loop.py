@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.cli._hydra import console as cli_console
 from deepbandit.cli._hydra import entry_point
 from deepbandit.loop.loop import LoopConfig, run_loop, summary_table
-
-ConfigStore.instance().store(name="loop_schema", node=LoopConfig)
 
 
 def run(cfg: DictConfig | LoopConfig) -> dict:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from deepbandit.cli._hydra import console as cli_console
 from deepbandit.cli._hydra import entry_point
+from deepbandit.cli.schemas import register_schema
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,9 @@ class PipelineConfig:
     out_dir: str = "outputs/pipeline"  # run directory: the steps write data/, train/, report/, export/ in it
 
 
-ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
-
-
 def _step_config(name: str, overrides: list[str]) -> DictConfig:
     # The step's `${hydra:...}` defaults are replaced by explicit paths, so resolving needs no Hydra run.
+    register_schema(name)
     cfg = compose(config_name=name, overrides=overrides)
     return cfg
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -22,8 +21,6 @@ from deepbandit.cli._hydra import entry_point
 from deepbandit.sim.simulator import POLICY_NAMES, SimulateConfig, simulate
 
 log = logging.getLogger(__name__)
-
-ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
 
 
 def _typed(cfg: DictConfig | SimulateConfig) -> SimulateConfig:

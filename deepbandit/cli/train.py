@@ -23,10 +23,7 @@ from deepbandit.cli._hydra import (
     console as cli_console,
 )
 from deepbandit.formatting import decimals_for, fmt
-from deepbandit.training.config import check_choices, register, typed_config
-
-register()
-
+from deepbandit.training.config import check_choices, typed_config
 
 # (row label, estimate key in metrics["val"] or None, true-value key in metrics["true"]["all"] or None)
 _POLICY_ROWS = (

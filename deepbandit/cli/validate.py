@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.markup import escape
@@ -46,9 +45,6 @@ class ValidateConfig:
     member_features_dim: int | None = None  # None: inferred from the first row, a differing one raises
     batch_size: int = 1 << 18
     progress: bool = True
-
-
-ConfigStore.instance().store(name="validate_schema", node=ValidateConfig)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -74,17 +74,36 @@ class EvaluationSettings:
     segment_estimator: str = "snips"  # per-segment values use one estimator with normal intervals
     min_segment_rows: int = 100  # smaller segments are listed with their size but not estimated
     title_for_plot: int | None = None  # None: the evaluated title with most rows among those with >= 3 images
+    estimator_params: dict = field(default_factory=dict)  # {estimator: {parameter: value}} (ESTIMATOR_PARAMS)
     extra: dict = field(default_factory=dict)
 
 
-def make_estimators(names: tuple[str, ...] | list[str]) -> list:
-    """Estimator instances from names (keys of ``ESTIMATORS``); unknown names raise."""
+# Parameters of the estimators that take one (EvaluationSettings.estimator_params overrides these).
+ESTIMATOR_PARAMS: dict[str, dict[str, float]] = {"switch_dr": {"tau": 10.0}}
+
+
+def make_estimators(names: tuple[str, ...] | list[str], params: dict[str, dict] | None = None) -> list:
+    """Estimator instances from names (keys of ``ESTIMATORS``), each built with its parameters
+    (``ESTIMATOR_PARAMS`` updated by ``params``, e.g. {"switch_dr": {"tau": 5}}); unknown names raise."""
     unknown = [n for n in names if n not in ESTIMATORS]
     if unknown:
         raise ConfigError(f"unknown estimator(s) {unknown}; choose from {sorted(ESTIMATORS)}")
     if not names:
         raise ConfigError("estimators is empty")
-    return [ESTIMATORS[n]() if n != "switch_dr" else SwitchDR(tau=10.0) for n in names]
+    given = params or {}
+    odd = sorted(set(given) - set(ESTIMATORS))
+    if odd:
+        raise ConfigError(
+            f"estimator_params for unknown estimator(s) {odd}; choose from {sorted(ESTIMATORS)}"
+        )
+    out = []
+    for n in names:
+        kwargs = {**ESTIMATOR_PARAMS.get(n, {}), **given.get(n, {})}
+        try:
+            out.append(ESTIMATORS[n](**kwargs))
+        except TypeError as err:
+            raise ConfigError(f"estimator_params.{n}: {err}") from err
+    return out
 
 
 def _is_uniform_logging(rows: LoggedRows) -> bool:
@@ -95,7 +114,7 @@ def _estimate(rows: LoggedRows, dist: np.ndarray, q_hat: np.ndarray, names, s: E
     """{estimator: Estimate dict or {"error": why}} for one policy on ``rows``."""
     deterministic = bool(np.isin(dist, (0.0, 1.0)).all())
     usable, skipped = [], {}
-    for name, est in zip(names, make_estimators(names), strict=True):
+    for name, est in zip(names, make_estimators(names, s.estimator_params), strict=True):
         if name == "replay" and not (deterministic and _is_uniform_logging(rows)):
             skipped[name] = {"error": "replay needs uniformly random logging and a deterministic policy"}
         else:

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,6 @@ DEFAULT_AGENTS = (
     "deep_thompson",
     "vw",
 )
-ENVIRONMENTS = ("artwork", "digits")
 
 
 @dataclass
@@ -78,10 +78,13 @@ class LoopConfig:
     plots: bool = True  # write cumulative_regret.png and take_rate.png
     progress: bool = True  # show a progress bar over the rounds
 
-    def validate(self) -> None:
-        if self.environment not in ENVIRONMENTS:
+    def validate(self, own_environment: bool = False) -> None:
+        """Refuse settings that cannot run; ``own_environment``: the caller passes its environment, so
+        ``environment`` is not read."""
+        if not own_environment and self.environment not in ENVIRONMENT_FACTORIES:
             raise ConfigError(
-                f"loop config: environment must be one of {ENVIRONMENTS}, got {self.environment!r}"
+                f"loop config: environment must be one of {tuple(ENVIRONMENT_FACTORIES)}, "
+                f"got {self.environment!r} (a user's own environment is passed to run_loop(cfg, env=...))"
             )
         known = [*BASELINE_AGENTS, *(f"deep_{p}" for p in self.deep.policies)]
         unknown = [a for a in self.agents if a not in known and not a.startswith("deep_")]
@@ -95,42 +98,72 @@ class LoopConfig:
                 raise ConfigError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
 
 
+# name -> the environment of a loop config (a user's own environment is passed to run_loop directly)
+ENVIRONMENT_FACTORIES: dict[str, Callable[[LoopConfig], Environment]] = {
+    "artwork": lambda cfg: ArtworkEnvironment(
+        cfg.world,
+        cfg.n_rounds * cfg.requests_per_round,
+        n_days=cfg.n_days,
+        start_date=cfg.start_date,
+        seed=cfg.seed,
+    ),  # fmt: skip
+    "digits": lambda cfg: ClassificationEnvironment.digits(seed=cfg.seed),
+}
+
+
 def make_environment(cfg: LoopConfig) -> Environment:
-    if cfg.environment == "artwork":
-        return ArtworkEnvironment(
-            cfg.world,
-            cfg.n_rounds * cfg.requests_per_round,
-            n_days=cfg.n_days,
-            start_date=cfg.start_date,
-            seed=cfg.seed,
-        )
-    return ClassificationEnvironment.digits(seed=cfg.seed)
+    return ENVIRONMENT_FACTORIES[cfg.environment](cfg)
+
+
+@dataclass
+class AgentContext:
+    """What an agent factory may read: the config, the environment, the first round's requests (for
+    vocabularies), the agent's own seed and the run folder."""
+
+    cfg: LoopConfig
+    env: Environment
+    first: Requests
+    seed: int
+    work_dir: Path
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted(set(self.first.table.column("device").to_pylist()))
+
+
+def _vw(c: AgentContext):
+    if vw_available():
+        return VowpalWabbitAgent(c.env, c.devices, c.cfg.vw, c.seed)
+    log.warning("agent 'vw' skipped: vowpalwabbit is not installed (pip install 'deepbandit[vw]')")
+    return None
+
+
+# name -> factory of the baseline agents (None: skipped); deep_<policy> agents are built from cfg.deep
+AGENT_FACTORIES: dict[str, Callable[[AgentContext], Any]] = {
+    "random": lambda c: RandomAgent(),
+    "unpersonalised_ts": lambda c: UnpersonalisedThompson(
+        int(np.asarray(c.env.images_table().column("image_id")).max()) + 1, c.cfg.ts_samples
+    ),
+    "linucb": lambda c: LinUCB(c.env, c.devices, alpha=c.cfg.linucb_alpha),
+    "vw": _vw,
+}
+assert set(AGENT_FACTORIES) == set(BASELINE_AGENTS)
 
 
 def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Path) -> list[Any]:
     """The agents named in ``cfg.agents``, in that order; "vw" is skipped, with a logged note, when
-    ``vowpalwabbit`` does not import."""
-    devices = sorted(set(first.table.column("device").to_pylist()))
-    n_images = int(np.asarray(env.images_table().column("image_id")).max()) + 1
+    ``vowpalwabbit`` does not import. The deep agents share one featurizer (vocabularies, features)."""
     featurizer = None
     agents: list[Any] = []
     for k, name in enumerate(cfg.agents):
-        if name == "random":
-            agents.append(RandomAgent())
-        elif name == "unpersonalised_ts":
-            agents.append(UnpersonalisedThompson(n_images, cfg.ts_samples))
-        elif name == "linucb":
-            agents.append(LinUCB(env, devices, alpha=cfg.linucb_alpha))
-        elif name.startswith("deep_"):
+        seed = cfg.seed * 101 + k
+        if name.startswith("deep_"):
             featurizer = featurizer or Featurizer(env, first, cfg.deep.max_history)
-            agents.append(DeepAgent(name, featurizer, cfg.deep, cfg.seed * 101 + k, work_dir / "exports"))
-        elif name == "vw":
-            if vw_available():
-                agents.append(VowpalWabbitAgent(env, devices, cfg.vw, cfg.seed * 101 + k))
-            else:
-                log.warning(
-                    "agent 'vw' skipped: vowpalwabbit is not installed (pip install 'deepbandit[vw]')"
-                )
+            agent = DeepAgent(name, featurizer, cfg.deep, seed, work_dir / "exports")
+        else:
+            agent = AGENT_FACTORIES[name](AgentContext(cfg, env, first, seed, work_dir))
+        if agent is not None:
+            agents.append(agent)
     return agents
 
 
@@ -141,7 +174,7 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     ``take_rate`` (R,) mean sampled reward, ``expected_take_rate`` (R,) mean expected reward of the chosen
     images; per round ``oracle`` (R,) and ``random`` (R,) expected take rates.
     """
-    cfg.validate()
+    cfg.validate(own_environment=env is not None)
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = env if env is not None else make_environment(cfg)

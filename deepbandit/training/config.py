@@ -1,4 +1,4 @@
-"""Typed training config: the ``train_schema`` dataclass tree registered in Hydra's ConfigStore.
+"""Typed training config: the ``train_schema`` dataclass tree (registered by ``deepbandit.cli.schemas``).
 
 Groups (``conf/<group>/*.yaml``): data, model, uncertainty, loss, policy, trainer, experiment,
 hparams_search. A misspelt key or a wrong type fails when the config is composed.
@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.errors import ConfigError
@@ -213,12 +212,3 @@ def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
     if isinstance(cfg, TrainConfig):
         return cfg
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
-
-
-def register() -> None:
-    # The root schema types every group below it: a typo in conf/model/*.yaml fails like one on the command
-    # line. The groups get no schema of their own, which would show up as an option (`model=model_schema`).
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-register()

@@ -21,18 +21,17 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
 from deepbandit.errors import ConfigError
-from deepbandit.evaluation.baselines import TakeRates, fit_take_rates, logged_rows, unpersonalised_action_dist
+from deepbandit.evaluation.baselines import fit_take_rates, logged_rows
 from deepbandit.evaluation.epoch_metrics import ValidationMetrics
+from deepbandit.evaluation.ground_truth import true_values
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig, model_inputs
 from deepbandit.models.uncertainty import build_scorer, capabilities
@@ -86,20 +85,25 @@ def build_module(
     )
 
 
+# trainer.logger -> the Lightning logger of a run (its package is imported when built)
+LOGGERS = {
+    "none": lambda cfg, out_dir: False,
+    "csv": lambda cfg, out_dir: L.pytorch.loggers.CSVLogger(out_dir, name="logs"),
+    "tensorboard": lambda cfg, out_dir: L.pytorch.loggers.TensorBoardLogger(out_dir, name="logs"),
+    "mlflow": lambda cfg, out_dir: L.pytorch.loggers.MLFlowLogger(
+        experiment_name=cfg.name, save_dir=str(out_dir / "mlruns")
+    ),
+}
+
+
 def _logger(cfg: TrainConfig, out_dir: Path):
     kind = cfg.trainer.logger
-    if kind == "none":
-        return False
-    if kind == "csv":
-        return L.pytorch.loggers.CSVLogger(out_dir, name="logs")
+    if kind not in LOGGERS:
+        raise ConfigError(f"trainer.logger must be one of {', '.join(LOGGERS)}; got {kind!r}")
     try:
-        if kind == "tensorboard":
-            return L.pytorch.loggers.TensorBoardLogger(out_dir, name="logs")
-        if kind == "mlflow":
-            return L.pytorch.loggers.MLFlowLogger(experiment_name=cfg.name, save_dir=str(out_dir / "mlruns"))
+        return LOGGERS[kind](cfg, out_dir)
     except ModuleNotFoundError as e:
         raise ConfigError(f"trainer.logger={kind} needs its package: pip install 'deepbandit[{kind}]'") from e
-    raise ConfigError(f"trainer.logger must be csv, tensorboard, mlflow or none, got {kind!r}")
 
 
 class _DropLitLoggerTip(logging.Filter):
@@ -184,73 +188,6 @@ def point_logits(module: BanditModule, batch: ImpressionBatch, chunk: int = 16_3
         model(**model_inputs(batch[slice(s, s + chunk)], module.lookup)) for s in range(0, len(batch), chunk)
     ]
     return torch.cat(out).float().numpy()
-
-
-def true_values(
-    world: World,
-    table: pa.Table,
-    logits: np.ndarray,
-    train_images: np.ndarray,
-    train_rates: TakeRates | None = None,
-) -> dict:
-    """Exact values (simulator ground truth) on the rows of ``table``: the model's greedy choice against
-    random, the unpersonalised bandit, the best unpersonalised image and the oracle, overall and by
-    prior_interaction, and on cold-start rows.
-
-    Two unpersonalised references: ``unpersonalised_bandit`` is what a per-image bandit learns from the
-    same training rows (per title the image with the best reweighted take rate, ``fit_take_rates``; uniform
-    where that image is not a candidate), ``best_unpersonalised`` is the world's truly best image per title
-    for the average member (infinite data: a bar no learner from finite logs is promised to clear).
-    """
-    contexts = contexts_from_impressions(table)
-    cand, mask = candidates_from_impressions(table)
-    logits = logits[:, : cand.shape[1]]
-    q = world.expected_reward(contexts, cand)
-    rows = np.arange(len(cand))
-    greedy = np.where(mask, logits, -np.inf).argmax(1)
-    best = world.best_unpersonalised_action(contexts, cand)
-    per_row = {
-        "greedy": q[rows, greedy],
-        "random": q.sum(1) / mask.sum(1),
-        "best_unpersonalised": q[rows, best],
-        "oracle": np.where(mask, q, -np.inf).max(1),
-    }
-    baselines = ["best_unpersonalised"]
-    if train_rates is not None:
-        dist, _ = unpersonalised_action_dist(logged_rows(table, "validation rows"), train_rates)
-        per_row["unpersonalised_bandit"] = (q * dist).sum(1)
-        baselines.append("unpersonalised_bandit")
-    prior = contexts.prior_interaction.astype(bool)
-    out = {}
-    for split, sel in (("all", np.ones(len(cand), bool)), ("prior_interaction_true", prior),
-                       ("prior_interaction_false", ~prior)):  # fmt: skip
-        out[split] = {"rows": int(sel.sum())} | {
-            k: float(v[sel].mean()) if sel.any() else math.nan for k, v in per_row.items()
-        }
-        for name in baselines:  # paired: the same rows under both policies
-            d = per_row["greedy"][sel] - per_row[name][sel]
-            out[split][f"greedy_minus_{name}_se"] = (
-                float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan
-            )
-    # cold start: candidates never offered in the training window; rows with >= 2 of them
-    new = mask & ~np.isin(cand, train_images)
-    cold = new.sum(1) >= 2
-    if cold.any():
-        qc, nc = q[cold], new[cold]
-        pick = np.where(nc, logits[cold], -np.inf).argmax(1)
-        model_v = qc[np.arange(len(qc)), pick]
-        random_v = (qc * nc).sum(1) / nc.sum(1)
-        d = model_v - random_v
-        out["cold_start"] = {
-            "rows": int(cold.sum()),
-            "model": float(model_v.mean()),
-            "random": float(random_v.mean()),
-            "oracle": float(np.where(nc, qc, -np.inf).max(1).mean()),
-            "model_minus_random_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan,
-        }
-    else:
-        out["cold_start"] = {"rows": 0}
-    return out
 
 
 def _package_version() -> str:

@@ -759,3 +759,19 @@ def test_gpu_matches_cpu() -> None:
         assert gpu32[name].value == pytest.approx(est.value, rel=1e-5)
         # Different draws on the GPU: the interval agrees to bootstrap noise only.
         assert gpu64[name].upper - gpu64[name].lower == pytest.approx(est.upper - est.lower, rel=0.2)
+
+
+def test_estimator_parameters_are_settings_not_constants():
+    from deepbandit.errors import ConfigError
+    from deepbandit.evaluation.estimators import SwitchDR
+    from deepbandit.evaluation.evaluate import make_estimators
+
+    default, tuned = (
+        make_estimators(["switch_dr"])[0],
+        make_estimators(["switch_dr"], {"switch_dr": {"tau": 5}})[0],
+    )
+    assert isinstance(default, SwitchDR) and default.tau == 10.0 and tuned.tau == 5
+    with pytest.raises(ConfigError, match="estimator_params.switch_dr"):
+        make_estimators(["switch_dr"], {"switch_dr": {"taus": 5}})
+    with pytest.raises(ConfigError, match="unknown estimator"):
+        make_estimators(["ips"], {"switchdr": {"tau": 5}})

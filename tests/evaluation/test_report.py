@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
 import deepbandit.cli.evaluate as cli
-import deepbandit.cli.simulate  # noqa: F401
 from deepbandit.sim.simulator import SimulateConfig, simulate
 from deepbandit.sim.world import WorldConfig
 

@@ -7,7 +7,6 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.data.logs import contexts_from_impressions
 from deepbandit.evaluation.baselines import logged_rows, one_hot
 from deepbandit.evaluation.estimators import DR, IPS, SNDR, SNIPS, Replay, estimate_all

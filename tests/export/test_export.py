@@ -8,48 +8,30 @@ import re
 import numpy as np
 import onnx
 import pytest
-import torch
 
-from deepbandit.data.vocab import FeatureVocabs, Vocab
+from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.export.graph import read_metadata, sha256
 from deepbandit.export.onnx_export import export_bundle
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ModelConfig
-from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
 from deepbandit.policies import masked_argmax
 
 N_TITLES, N_IMAGES, D = 20, 50, 8
 
 
-def make_bundle(kind: str = "none", seed: int = 0, **model_kw) -> ModelBundle:
-    """A freshly initialised small model with vocabularies (titles 100.., images 1000..)."""
-    torch.manual_seed(seed)
-    vocabs = FeatureVocabs(
-        title=Vocab("title", np.arange(100, 100 + N_TITLES)),
-        image=Vocab("image", np.arange(1000, 1000 + N_IMAGES)),
-        country=Vocab("country", ["DE", "FR", "US"]),
-        language=Vocab("language", ["de", "en"]),
-        device=Vocab("device", ["tv", "web"]),
-        genre=Vocab("genre", ["action", "drama", "kids"]),
-    )
-    cfg_kw = dict(id_dim=8, tower_dim=16, hidden_dim=16, head_dim=16, image_id_hash_buckets=7)
-    cfg_kw.update(model_kw)
-    cfg = ModelConfig(
-        n_titles=N_TITLES, n_countries=3, n_languages=2, n_devices=2, n_images=N_IMAGES, n_genres=3,
-        embedding_dim=D, **cfg_kw,
-    )  # fmt: skip
-    unc = UncertaintyConfig(kind=kind, n_members=3, prior_scale=1.0 if kind == "ensemble" else 0.0)
-    genres = (torch.rand(N_TITLES + 2, 3) < 0.5).float()
-    model = build_scorer(cfg, unc, genres)
-    emb = torch.randn(N_IMAGES + 2, D)
-    emb[:2] = 0
-    meta = {"train_window": ["2026-01-01", "2026-02-01"], "metrics": {"val_loss": 0.5}, "max_history": 16}
-    return ModelBundle.from_model(model, cfg, unc, vocabs, emb, genres, meta)
+@pytest.fixture(scope="session")
+def make_bundle(tiny_bundle):
+    """A freshly initialised small model with vocabularies (titles 100.., images 1000..; conftest)."""
+
+    def build(kind: str = "none", seed: int = 0, **model_kw) -> ModelBundle:
+        meta = {"train_window": ["2026-01-01", "2026-02-01"], "metrics": {"val_loss": 0.5}, "max_history": 16}
+        return tiny_bundle(kind, seed, meta=meta, **{"image_id_hash_buckets": 7, **model_kw})
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def ensemble_export(tmp_path_factory):
+def ensemble_export(tmp_path_factory, make_bundle):
     bundle = make_bundle("ensemble")
     out = tmp_path_factory.mktemp("ens")
     result = export_bundle(
@@ -67,7 +49,7 @@ def ensemble_export(tmp_path_factory):
         ("ensemble", {}, (1, 7, 512)),
     ],
 )
-def test_fp32_parity_grid(tmp_path, kind, model_kw, batch_sizes):
+def test_fp32_parity_grid(tmp_path, kind, model_kw, batch_sizes, make_bundle):
     """Batch sizes x candidates 1..64 with random padding: <= 1e-5 and the same choice (and winners).
     The 8192 row runs for the default model only, to keep the file fast on a shared 2-core machine."""
     bundle = make_bundle(kind, **model_kw)
@@ -79,7 +61,7 @@ def test_fp32_parity_grid(tmp_path, kind, model_kw, batch_sizes):
     assert all(r["max_abs_diff"] <= FP32_ATOL and r["same_choice"] for r in records)
 
 
-def test_parity_check_can_fail(tmp_path):
+def test_parity_check_can_fail(tmp_path, make_bundle):
     bundle = make_bundle()
     result = export_bundle(bundle, tmp_path, parity_batch_sizes=(1,), parity_candidates=(1,))
     other = make_bundle(seed=1).build_model()  # different weights behind the same graph
@@ -181,19 +163,19 @@ def test_triton_config_consistent_with_graph(ensemble_export):
         assert _parse_pbtxt_tensors(text, section) == expected
 
 
-def test_thompson_needs_an_ensemble(tmp_path):
+def test_thompson_needs_an_ensemble(tmp_path, make_bundle):
     with pytest.raises(ValueError, match="ensembles only"):
         export_bundle(make_bundle(), tmp_path, policy={"name": "thompson", "kind": "mc_dropout"})
 
 
-def test_mc_dropout_exports_its_mean(tmp_path):
+def test_mc_dropout_exports_its_mean(tmp_path, make_bundle):
     bundle = make_bundle("mc_dropout", last_layer_dropout=0.2)
     result = export_bundle(bundle, tmp_path, parity_batch_sizes=(7,), parity_candidates=(25,))
     assert list(result.manifest["outputs"]) == ["scores"]
     assert result.parity[0]["max_abs_diff"] <= FP32_ATOL  # the eval-mode (dropout off) prediction
 
 
-def test_cli_run(tmp_path):
+def test_cli_run(tmp_path, make_bundle):
     from hydra import compose, initialize_config_module
 
     from deepbandit.cli.export import run
@@ -231,7 +213,7 @@ def test_cli_run(tmp_path):
         ("mc_dropout", {"name": "thompson", "epsilon": 0.0, "temperature": 1.0, "n_samples": 8}, ValueError),
     ],
 )  # fmt: skip
-def test_serving_policy_from_the_training_run(kind, trained, expected):
+def test_serving_policy_from_the_training_run(kind, trained, expected, make_bundle):
     from deepbandit.export.onnx_export import serving_policy
 
     bundle = make_bundle(kind, last_layer_dropout=0.1 if kind == "mc_dropout" else 0.0)

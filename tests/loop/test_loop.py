@@ -180,8 +180,6 @@ def test_python_defaults_are_the_cli_loop() -> None:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    import deepbandit.cli.loop  # noqa: F401  (registers loop_schema)
-
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = compose(config_name="loop", overrides=["out_dir=loop"])
     composed = OmegaConf.to_object(cfg)

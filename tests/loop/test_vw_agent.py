@@ -151,8 +151,6 @@ def test_bad_config_is_refused(cfg: VWConfig, message: str) -> None:
 def test_cli_composes_vw_options() -> None:
     from hydra import compose, initialize_config_module
 
-    import deepbandit.cli.loop  # noqa: F401  (registers loop_schema)
-
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = compose(config_name="loop", overrides=["vw.exploration=squarecb", "vw.gamma_scale=20"])
         assert "vw" in cfg.agents and cfg.vw.exploration == "squarecb" and cfg.vw.gamma_scale == 20

@@ -19,15 +19,7 @@ from deepbandit.losses.weights import poisson_bootstrap_weights
 from deepbandit.models.encoders import PAD_LOGIT, ImageEmbeddingLookup, ModelConfig
 from deepbandit.models.scorer import ArtworkScorer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, which spin-wait for minutes on a busy 2-core box.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # --- labels -------------------------------------------------------------------------------------------
 

@@ -15,15 +15,7 @@ from deepbandit.losses.weights import (
     splitmix64,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, which spin-wait for minutes on a busy 2-core box.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PSCORE = torch.tensor([0.5, 0.25, 0.1, 1.0])  # raw weights 2, 4, 10, 1
 

@@ -21,6 +21,8 @@ from deepbandit.models.uncertainty import (
     build_scorer,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CFG = ModelConfig(
     n_titles=20,
     n_countries=3,
@@ -35,15 +37,6 @@ CFG = ModelConfig(
     head_dim=16,
     image_id_hash_buckets=11,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors gain nothing from intra-op threads, which spin-wait for minutes on a busy 2-core box.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 
 
 GENRES = (torch.rand(22, 5, generator=torch.Generator().manual_seed(0)) < 0.4).float()

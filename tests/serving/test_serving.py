@@ -10,11 +10,8 @@ import torch
 
 from deepbandit.data.tensors import table_to_batch
 from deepbandit.data.validation import validate_table
-from deepbandit.data.vocab import FeatureVocabs, Vocab
 from deepbandit.export.onnx_export import export_bundle
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ModelConfig
-from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
 from deepbandit.policies import Softmax
 from deepbandit.serving import ArtworkService
 
@@ -22,37 +19,29 @@ N_TITLES, N_IMAGES, D = 20, 50, 8
 CPU = ["CPUExecutionProvider"]
 
 
-def make_bundle(kind: str = "none", seed: int = 0, member_features_dim: int = 0) -> ModelBundle:
-    """A freshly initialised small model (hashed image ids on) with vocabularies: titles 100..119, images
-    1000..1049, countries DE/FR/US, languages de/en, devices tv/web."""
-    torch.manual_seed(seed)
-    vocabs = FeatureVocabs(
-        title=Vocab("title", np.arange(100, 100 + N_TITLES)),
-        image=Vocab("image", np.arange(1000, 1000 + N_IMAGES)),
-        country=Vocab("country", ["DE", "FR", "US"]),
-        language=Vocab("language", ["de", "en"]),
-        device=Vocab("device", ["tv", "web"]),
-        genre=Vocab("genre", ["action", "drama"]),
-    )
-    cfg = ModelConfig(
-        n_titles=N_TITLES, n_countries=3, n_languages=2, n_devices=2, n_images=N_IMAGES, n_genres=2,
-        embedding_dim=D, id_dim=8, tower_dim=16, hidden_dim=16, head_dim=16, image_id_hash_buckets=7,
-        member_features_dim=member_features_dim,
-    )  # fmt: skip
-    unc = UncertaintyConfig(kind=kind, n_members=4)
-    genres = (torch.rand(N_TITLES + 2, 2) < 0.5).float()
-    model = build_scorer(cfg, unc, genres)
+def _perturb_ids(model) -> None:
     with torch.no_grad():  # the hashed id embedding starts at zero; make it matter for the test
         for name, p in model.named_parameters():
             if "image_tower.ids" in name:
                 p.normal_()
-    emb = torch.randn(N_IMAGES + 2, D)
-    emb[:2] = 0
-    return ModelBundle.from_model(model, cfg, unc, vocabs, emb, genres, {"max_history": 4})
+
+
+@pytest.fixture(scope="session")
+def make_bundle(tiny_bundle):
+    """A freshly initialised small model (hashed image ids on) on conftest's tiny catalogue: titles
+    100..119, images 1000..1049, countries DE/FR/US, languages de/en, devices tv/web, two genres."""
+
+    def build(kind: str = "none", seed: int = 0, member_features_dim: int = 0) -> ModelBundle:
+        return tiny_bundle(
+            kind, seed, n_members=4, genres=2, prior_scale=0.0, image_id_hash_buckets=7,
+            member_features_dim=member_features_dim, meta={"max_history": 4}, prepare=_perturb_ids,
+        )  # fmt: skip
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, make_bundle):
     out = {}
     for kind in ("none", "ensemble"):
         bundle = make_bundle(kind)
@@ -220,7 +209,7 @@ def test_sticky_policy_repeats_within_a_window(exported):
     np.testing.assert_array_equal(service.decide(later).chosen_image_id, first.chosen_image_id)
 
 
-def test_member_features_from_dicts_and_arrow(tmp_path):
+def test_member_features_from_dicts_and_arrow(tmp_path, make_bundle):
     bundle = make_bundle(member_features_dim=2)
     export_bundle(bundle, tmp_path, parity_batch_sizes=(3,), parity_candidates=(4,))
     service = ArtworkService.from_dir(tmp_path, providers=CPU)

@@ -13,7 +13,6 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.sim.simulator import simulate
 from deepbandit.training.ddp_check import TOLERANCE
 

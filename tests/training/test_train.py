@@ -14,7 +14,6 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import deepbandit.cli.simulate  # noqa: F401  (registers simulate_schema)
 from deepbandit.cli import sweep_report
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.errors import ConfigError
@@ -248,7 +247,6 @@ def test_non_finite_loss_stops_the_run_before_any_checkpoint(small_data, tmp_pat
 
 
 def test_typo_fails_at_compose_time_and_sweep_example_composes():
-    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
 
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
         cfg = compose("train", overrides=["data.path=x", "model.hidden=64", "loss.clip=10"])
@@ -292,7 +290,6 @@ def test_seeded_runs_are_reproducible_on_cpu_and_log_to_csv(small_data, tmp_path
 
 def _gpu_trainer_config(data, accelerator: str) -> TrainConfig:
     """conf/trainer/gpu.yaml (bf16 autocast, compiled loss step, rare host reads), sized for tiny data."""
-    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
     from deepbandit.training.config import typed_config
 
     overrides = [f"data.path={data}", "trainer=gpu", f"trainer.accelerator={accelerator}", "trainer.batch_size=512",
@@ -356,7 +353,6 @@ def test_choices_that_cannot_work_are_refused_before_any_data_is_read(tmp_path, 
 def test_default_training_config_exports_an_exploring_policy():
     """The defaults compose end to end: a default run's policy is one export can serve, and it explores
     (propensities below 1 keep the next round's off-policy training possible)."""
-    import deepbandit.cli.train  # noqa: F401  (registers train_schema)
     from deepbandit.export.onnx_export import serving_policy
     from deepbandit.models.uncertainty import UncertaintyConfig
     from deepbandit.training.config import check_choices, typed_config
