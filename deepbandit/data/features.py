@@ -14,7 +14,9 @@ it; docs/architecture.md walks through an example.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 # Symbolic axes: B requests, A candidates, H played titles (all dynamic in the graph); D and F are the
 # model's embedding and member-feature widths.
@@ -90,6 +92,75 @@ FEATURE_TRANSFORMS: dict[str, str] = {i.name: i.transform for i in MODEL_INPUTS}
 REQUEST_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(i.source for i in MODEL_INPUTS if i.optional is None))
 
 
+@dataclass(eq=False)
+class ModelInputs(MutableMapping):
+    """The scorer's inputs for B requests: one field per ``MODEL_INPUTS`` entry, in its order (tensors in
+    training and the torch path, numpy arrays in serving). Every scorer takes one.
+
+    ``candidate_embeddings`` is None in a logged ``ImpressionBatch``, which carries image indices into the
+    catalogue's table instead (``with_embeddings``); the optional inputs are None for models without them.
+    It is also a mapping of its present (non-None) fields (setting a name that is not an input fails), so ``{**inputs, "hour": h}`` and
+    ``ModelInputs.of`` round-trip, and serving feeds it to onnxruntime by name.
+    """
+
+    history_title_idx: Any
+    history_mask: Any
+    country_idx: Any
+    language_idx: Any
+    device_idx: Any
+    hour: Any
+    weekday: Any
+    recommender_score: Any
+    prior_interaction: Any
+    title_idx: Any
+    candidate_embeddings: Any = None
+    candidate_mask: Any = None
+    candidate_image_idx: Any = None
+    member_features: Any = None
+
+    @classmethod
+    def of(cls, inputs: ModelInputs | Mapping[str, Any]) -> ModelInputs:
+        """``inputs`` as it is, or a mapping of input names converted (an unknown name is refused)."""
+        if isinstance(inputs, cls):
+            return inputs
+        unknown = sorted(set(inputs) - set(INPUT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown model inputs {unknown}; the inputs are {list(INPUT_NAMES)}")
+        return cls(**inputs)
+
+    def replace(self, **changes: Any) -> ModelInputs:
+        return replace(self, **changes)
+
+    def apply(self, fn: Callable[[Any], Any]) -> ModelInputs:
+        """A copy with ``fn`` applied to every present input."""
+        return ModelInputs(**{k: None if v is None else fn(v) for k, v in self._fields()})
+
+    def _fields(self) -> Iterator[tuple[str, Any]]:
+        return ((f.name, getattr(self, f.name)) for f in fields(self))
+
+    # Mapping of the present inputs
+    def __getitem__(self, name: str) -> Any:
+        value = getattr(self, name) if name in INPUTS else None
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in INPUTS:
+            raise KeyError(f"{name!r} is not a model input; the inputs are {list(INPUT_NAMES)}")
+        setattr(self, name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self[name]  # KeyError when absent
+        setattr(self, name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, v in self._fields() if v is not None)
+
+    def __len__(self) -> int:
+        return sum(v is not None for _, v in self._fields())
+
+
 def active_inputs(image_id_hash_buckets: int, member_features_dim: int) -> list[ModelInput]:
     """The inputs of a model with these settings (``ModelConfig``), in export order."""
     present = {
@@ -114,6 +185,11 @@ __all__ = [
     "REQUEST_FIELDS",
     "REQUIRED_INPUTS",
     "ModelInput",
+    "ModelInputs",
     "active_inputs",
     "input_shapes",
 ]
+
+assert tuple(f.name for f in fields(ModelInputs)) == INPUT_NAMES, (
+    "ModelInputs has one field per MODEL_INPUTS entry"
+)

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from deepbandit.data.features import REQUEST_FIELDS
+from deepbandit.data.features import INPUT_NAMES, REQUEST_FIELDS, ModelInputs
 from deepbandit.data.io import DEFAULT_BATCH_ROWS, ShardStrategy, iter_record_batches, open_dataset
 from deepbandit.data.schema import MAX_HISTORY
 from deepbandit.data.vocab import FeatureVocabs, Vocab
@@ -33,64 +33,48 @@ OPTIONAL_TENSOR_COLUMNS = ("action_dist", "member_features")
 
 @dataclass
 class ImpressionBatch:
-    """B logged impressions as tensors. A = candidates of the widest row, H = history length kept.
+    """B logged impressions as tensors: the model's inputs apart from the logged decision and outcome.
+    A = candidates of the widest row, H = history length kept.
 
-    Padding: candidate and history matrices are left-aligned; entries past a row's length are index 0
-    (the vocabularies' padding row) and False in the matching mask. Vocabulary indices are 0 = pad,
-    1 = unknown (unseen at fit time), 2.. = known. ``A >= 1`` and ``H >= 1`` always (an all-padding
-    column when no row has history), so no dimension is ever empty.
+    ``inputs`` (:class:`~deepbandit.data.features.ModelInputs`, the contract of ``data/features.py``):
+    candidate and history matrices are left-aligned; entries past a row's length are index 0 (the
+    vocabularies' padding row) and False in the matching mask. Vocabulary indices are 0 = pad, 1 = unknown
+    (unseen at fit time), 2.. = known. ``A >= 1`` and ``H >= 1`` always (an all-padding column when no row
+    has history), so no dimension is ever empty. ``candidate_embeddings`` is None: the candidates are
+    ``candidate_image_idx``, rows of an :class:`ImageTable` (``model_inputs`` gathers them);
+    ``member_features`` is None when the log has none.
 
-    Fields (dtype, shape):
-        title_idx: int64 (B,) title vocab index of the title being shown.
+    The logged decision and its row (dtype, shape):
         member_id: int64 (B,) raw member id (members are not embedded by id).
-        candidate_image_idx: int64 (B, A) image vocab index of each candidate; rows of :class:`ImageTable`.
-        candidate_mask: bool (B, A) True on real candidates.
         n_candidates: int64 (B,) real candidates per row (``candidate_mask.sum(1)``), the row's n_actions.
         action: int64 (B,) position of the chosen image among the row's candidates, in [0, n_candidates).
         pscore: float32 (B,) propensity of ``action`` under the logging policy.
         reward: float32 (B,) observed reward; 0 where ``reward_observed`` is False.
         reward_observed: bool (B,) False where the reward is null (attribution window still open).
-        history_title_idx: int64 (B, H) title vocab indices of recent plays, most recent first.
-        history_mask: bool (B, H) True on real history entries.
-        country_idx, language_idx, device_idx: int64 (B,) category vocab indices.
-        hour: int64 (B,) member-local hour 0..23.
-        weekday: int64 (B,) 0..6, Monday = 0.
-        recommender_score: float32 (B,) upstream ranker's score for the title.
-        prior_interaction: float32 (B,) 1.0 if the member had interacted with the title, else 0.0.
         timestamp: int64 (B,) seconds since the Unix epoch, UTC.
         action_dist: float32 (B, A) logging distribution over the candidates (0 on padding), or None
             when the log has no ``action_dist`` column.
-        member_features: float32 (B, F) dense extra member features, or None when the log has none.
     """
 
-    title_idx: torch.Tensor
+    inputs: ModelInputs
     member_id: torch.Tensor
-    candidate_image_idx: torch.Tensor
-    candidate_mask: torch.Tensor
     n_candidates: torch.Tensor
     action: torch.Tensor
     pscore: torch.Tensor
     reward: torch.Tensor
     reward_observed: torch.Tensor
-    history_title_idx: torch.Tensor
-    history_mask: torch.Tensor
-    country_idx: torch.Tensor
-    language_idx: torch.Tensor
-    device_idx: torch.Tensor
-    hour: torch.Tensor
-    weekday: torch.Tensor
-    recommender_score: torch.Tensor
-    prior_interaction: torch.Tensor
     timestamp: torch.Tensor
     action_dist: torch.Tensor | None = None
-    member_features: torch.Tensor | None = None
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ImpressionBatch:
-        """A new batch with ``fn`` applied to every tensor field (None fields stay None)."""
+        """A new batch with ``fn`` applied to every tensor (inputs included; None fields stay None)."""
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            values[f.name] = None if value is None else fn(value)
+            if f.name == "inputs":
+                values[f.name] = value.apply(fn)
+            else:
+                values[f.name] = None if value is None else fn(value)
         return ImpressionBatch(**values)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ImpressionBatch:
@@ -101,7 +85,7 @@ class ImpressionBatch:
         return self.apply(lambda t: t.pin_memory())
 
     def __len__(self) -> int:
-        return self.title_idx.shape[0]
+        return self.action.shape[0]
 
     def __getitem__(self, rows: torch.Tensor | slice | int) -> ImpressionBatch:
         """Rows of the batch: a slice, a LongTensor of row indices (on any device, e.g. for GPU-resident
@@ -117,33 +101,45 @@ class ImpressionBatch:
         return self.apply(lambda t: t.index_select(0, rows.to(t.device)))
 
     @property
+    def candidate_mask(self) -> torch.Tensor:
+        """(B, A) bool, True on real candidates (the inputs'; the logged decision's candidate set)."""
+        return self.inputs.candidate_mask
+
+    @property
     def n_actions(self) -> int:
         """A, the padded candidate width."""
-        return self.candidate_image_idx.shape[1]
+        return self.inputs.candidate_mask.shape[1]
 
     @property
     def device(self) -> torch.device:
-        return self.title_idx.device
+        return self.action.device
 
     @staticmethod
     def cat(batches: Sequence[ImpressionBatch]) -> ImpressionBatch:
-        """Concatenate batches along rows, padding (B, A) and (B, H) fields to the widest (e.g. to hold a
-        whole converted dataset on the GPU and sample from it). Optional fields must be all present or
+        """Concatenate batches along rows, padding (B, A) and (B, H) tensors to the widest (e.g. to hold a
+        whole converted dataset on the GPU and sample from it). Optional tensors must be all present or
         all None."""
         if not batches:
             raise ValueError("ImpressionBatch.cat: no batches")
-        out = {}
-        for f in fields(ImpressionBatch):
-            parts = [getattr(b, f.name) for b in batches]
+
+        def joined(name: str, parts: list) -> torch.Tensor | None:
             if all(p is None for p in parts):
-                out[f.name] = None
-                continue
+                return None
             if any(p is None for p in parts):
-                raise ValueError(f"ImpressionBatch.cat: {f.name} is None in some batches and not in others")
-            if parts[0].dim() == 2 and f.name != "member_features":
+                raise ValueError(f"ImpressionBatch.cat: {name} is None in some batches and not in others")
+            if parts[0].dim() == 2 and name != "member_features":
                 width = max(p.shape[1] for p in parts)
                 parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
-            out[f.name] = torch.cat(parts)
+            return torch.cat(parts)
+
+        out = {}
+        for f in fields(ImpressionBatch):
+            if f.name == "inputs":
+                out["inputs"] = ModelInputs(
+                    **{n: joined(n, [getattr(b.inputs, n) for b in batches]) for n in INPUT_NAMES}
+                )
+            else:
+                out[f.name] = joined(f.name, [getattr(b, f.name) for b in batches])
         return ImpressionBatch(**out)
 
 
@@ -153,7 +149,7 @@ class ImageTable:
 
     Fields:
         embedding: float32 (n_images + 2, D); row i belongs to the image with vocab index i, rows 0 (pad)
-            and 1 (unknown) are zeros. ``embedding[batch.candidate_image_idx]`` is (B, A, D).
+            and 1 (unknown) are zeros. ``embedding[batch.inputs.candidate_image_idx]`` is (B, A, D).
     """
 
     embedding: torch.Tensor
@@ -293,16 +289,7 @@ def table_to_batch(
         )
 
     t = torch.from_numpy
-    return ImpressionBatch(
-        title_idx=t(vocabs.title.lookup(col("title_id"))),
-        member_id=t(np.array(col("member_id").to_numpy(), dtype=np.int64)),
-        candidate_image_idx=t(cand_idx),
-        candidate_mask=t(cand_mask),
-        n_candidates=t(c_len.astype(np.int64)),
-        action=t(action),
-        pscore=t(col("propensity").to_numpy().astype(np.float32)),
-        reward=t(reward.to_numpy().astype(np.float32)),
-        reward_observed=t(observed),
+    inputs = ModelInputs(
         history_title_idx=t(hist_idx),
         history_mask=t(hist_mask),
         country_idx=t(vocabs.country.lookup(col("country"))),
@@ -312,9 +299,21 @@ def table_to_batch(
         weekday=t(col("weekday").to_numpy().astype(np.int64)),
         recommender_score=t(col("recommender_score").to_numpy().astype(np.float32)),
         prior_interaction=t(col("prior_interaction").to_numpy(zero_copy_only=False).astype(np.float32)),
+        title_idx=t(vocabs.title.lookup(col("title_id"))),
+        candidate_mask=t(cand_mask),
+        candidate_image_idx=t(cand_idx),
+        member_features=member_features,
+    )
+    return ImpressionBatch(
+        inputs=inputs,
+        member_id=t(np.array(col("member_id").to_numpy(), dtype=np.int64)),
+        n_candidates=t(c_len.astype(np.int64)),
+        action=t(action),
+        pscore=t(col("propensity").to_numpy().astype(np.float32)),
+        reward=t(reward.to_numpy().astype(np.float32)),
+        reward_observed=t(observed),
         timestamp=t(_epoch_seconds(col("timestamp"))),
         action_dist=action_dist,
-        member_features=member_features,
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from deepbandit.data.tensors import table_to_batch
 from deepbandit.evaluation.evaluate import ModelScores
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import INPUT_NAMES, PAD_LOGIT
+from deepbandit.models.encoders import PAD_LOGIT
 from deepbandit.models.uncertainty import capabilities
 
 
@@ -58,7 +58,7 @@ class BundleScorer:
 
     def _embeddings(self, table: pa.Table, batch) -> torch.Tensor:
         if self.image_ids is None:
-            return self.bundle.image_embedding[batch.candidate_image_idx]
+            return self.bundle.image_embedding[batch.inputs.candidate_image_idx]
         from deepbandit.data.logs import candidates_from_impressions
 
         cand, mask = candidates_from_impressions(table)
@@ -81,15 +81,12 @@ class BundleScorer:
         for start in range(0, len(table), self.batch_rows):
             part = table.slice(start, self.batch_rows)
             batch = table_to_batch(part, self.bundle.vocabs)
-            x = {
-                n: getattr(batch, n) for n in INPUT_NAMES if n != "candidate_embeddings" and hasattr(batch, n)
-            }
-            x["candidate_embeddings"] = self._embeddings(part, batch)
+            x = batch.inputs.replace(candidate_embeddings=self._embeddings(part, batch))
             pad = width - batch.candidate_mask.shape[1]
-            logits = self.model(**x)
+            logits = self.model(x)
             probs.append(torch.nn.functional.pad(torch.sigmoid(logits) * batch.candidate_mask, (0, pad)))
             if self.posterior:
-                s = self.model.posterior_samples(None, generator=gen, **x)  # ensemble: every member once
+                s = self.model.posterior_samples(x, None, generator=gen)  # ensemble: every member once
                 samples.append(torch.nn.functional.pad(s, (0, pad), value=PAD_LOGIT))
         return ModelScores(
             expected_reward=torch.cat(probs).double().numpy(),

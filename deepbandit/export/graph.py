@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from deepbandit.atomic import atomic_file
-from deepbandit.data.features import INPUT_DTYPES, active_inputs, input_shapes
+from deepbandit.data.features import INPUT_DTYPES, ModelInputs, active_inputs, input_shapes
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import random_inputs
 from deepbandit.models.uncertainty import capabilities
@@ -77,12 +77,15 @@ class ExportModule(nn.Module):
         self.dtype = next(model.parameters()).dtype
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
-        inputs = {
-            n: a.to(self.dtype) if a.is_floating_point() else a for n, a in zip(self.names, args, strict=True)
-        }
+        inputs = ModelInputs(
+            **{
+                n: a.to(self.dtype) if a.is_floating_point() else a
+                for n, a in zip(self.names, args, strict=True)
+            }
+        )
         if not self.ensemble:
-            return (self.model(**inputs).float(),)
-        members = self.model.member_logits(**inputs)  # (B, K, A), padding = PAD_LOGIT
+            return (self.model(inputs).float(),)
+        members = self.model.member_logits(inputs)  # (B, K, A), padding = PAD_LOGIT
         scores = members.mean(1)
         return scores.float(), members.float(), members.argmax(-1)
 

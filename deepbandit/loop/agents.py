@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from deepbandit.data.features import ModelInputs
 from deepbandit.data.tensors import ImageTable, ImpressionBatch, table_to_batch, title_genre_matrix
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError
@@ -375,11 +376,11 @@ class DeepAgent:
             return Decisions(out.action, out.propensity, out.action_dist, out.propensity_kind)
         feeds = self.featurizer(requests, self.input_names)
         with torch.no_grad(), _threads(self.cfg.threads):
-            x = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            x = ModelInputs(**{k: torch.from_numpy(v) for k, v in feeds.items()})
             if self.samples:
-                scores = self.model.posterior_samples(self.n_draws, **x).numpy()  # (B, S, A)
+                scores = self.model.posterior_samples(x, self.n_draws).numpy()  # (B, S, A)
             else:
-                scores = self.model(**x).numpy()
+                scores = self.model(x).numpy()
         return self.policy.decide(scores, requests.mask, rng=rng)
 
     def learn(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> None:

@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepbandit.data.features import EMBEDDING, INPUT_NAMES, INPUTS, MEMBER_FEATURES, REQUIRED_INPUTS
+from deepbandit.data.features import (
+    EMBEDDING,
+    INPUT_NAMES,
+    INPUTS,
+    MEMBER_FEATURES,
+    REQUIRED_INPUTS,
+    ModelInputs,
+)
 
 # Logit written at padded candidates. Finite on purpose: -inf turns a fully padded row or a masked
 # fp16/ONNX softmax into NaN, while exp(-1e4 - x) is exactly 0 in float32 for any sane valid logit x, so
@@ -234,22 +241,10 @@ class MemberTower(nn.Module):
             pooled = pooled + self.genre_proj(embedding_bag(idx, self.genre_features, weights).unsqueeze(0))
         return pooled
 
-    def forward(
-        self,
-        history_title_idx: Tensor,
-        history_mask: Tensor,
-        country_idx: Tensor,
-        language_idx: Tensor,
-        device_idx: Tensor,
-        hour: Tensor,
-        weekday: Tensor,
-        recommender_score: Tensor,
-        prior_interaction: Tensor,
-        title_idx: Tensor,
-        member_features: Tensor | None = None,
-        dropout_active: bool = False,
-        n_samples: int = 1,
-    ) -> Tensor:
+    def forward(self, inputs: ModelInputs, dropout_active: bool = False, n_samples: int = 1) -> Tensor:
+        x = inputs
+        history_mask, history_title_idx, title_idx = x.history_mask, x.history_title_idx, x.title_idx
+        hour, weekday, member_features = x.hour, x.weekday, x.member_features
         mask = history_mask.to(self.genre_features.dtype)  # (B, H)
         n_played = mask.sum(1)  # (B,)
         title = self._items(title_idx)  # (K, B, e)
@@ -272,8 +267,8 @@ class MemberTower(nn.Module):
             torch.cos(hour_angle),
             torch.sin(day_angle),
             torch.cos(day_angle),
-            _signed_log1p(recommender_score.to(mask.dtype)),
-            prior_interaction.to(mask.dtype),
+            _signed_log1p(x.recommender_score.to(mask.dtype)),
+            x.prior_interaction.to(mask.dtype),
             torch.log1p(n_played),
         ]
         dense = torch.stack(scalars, dim=-1)  # (B, N_CONTEXT_SCALARS)
@@ -282,18 +277,18 @@ class MemberTower(nn.Module):
                 raise ValueError(f"member_features (B, {self.member_features_dim}) is required by this model")
             dense = torch.cat([dense, member_features.to(dense.dtype)], dim=-1)
         k = title.shape[0]
-        x = torch.cat(
+        features = torch.cat(
             [
                 history,
                 title,
-                self.countries(country_idx),
-                self.languages(language_idx),
-                self.devices(device_idx),
+                self.countries(x.country_idx),
+                self.languages(x.language_idx),
+                self.devices(x.device_idx),
                 dense.unsqueeze(0).expand(k, *dense.shape),
             ],
             dim=-1,
         )  # (K, B, n_in)
-        return self.mlp(x, dropout_active, n_samples)
+        return self.mlp(features, dropout_active, n_samples)
 
 
 class ImageTower(nn.Module):
@@ -349,12 +344,10 @@ class ImageEmbeddingLookup(nn.Module):
         return F.embedding(candidate_image_idx, self.image_embeddings)
 
 
-def model_inputs(batch, lookup: ImageEmbeddingLookup) -> dict[str, Tensor | None]:
-    """The scorer's keyword inputs (``INPUT_NAMES``) from an ``ImpressionBatch``: candidate embeddings
-    gathered from the catalogue table by ``lookup``."""
-    x = {n: getattr(batch, n) for n in INPUT_NAMES if n != "candidate_embeddings" and hasattr(batch, n)}
-    x["candidate_embeddings"] = lookup(batch.candidate_image_idx)
-    return x
+def model_inputs(batch, lookup: ImageEmbeddingLookup) -> ModelInputs:
+    """The scorer's inputs of an ``ImpressionBatch``: its ``inputs`` with the candidate embeddings gathered
+    from the catalogue table by ``lookup``."""
+    return batch.inputs.replace(candidate_embeddings=lookup(batch.inputs.candidate_image_idx))
 
 
 def validate_inputs(cfg: ModelConfig, inputs: Mapping[str, Tensor | None]) -> None:
@@ -421,8 +414,8 @@ def random_inputs(
     history_len: int,
     generator: torch.Generator | None = None,
     image_embeddings: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Valid random scorer inputs (the keys of ``INPUT_NAMES``), for tests, benchmarks and export tracing.
+) -> ModelInputs:
+    """Valid random scorer inputs, for tests, benchmarks and export tracing.
 
     Rows have 1..n_candidates valid candidates (padding at the end, index 0) and 0..history_len played
     titles. Candidate embeddings are looked up in ``image_embeddings`` when given, else drawn N(0, 1).
@@ -456,4 +449,4 @@ def random_inputs(
     }
     if cfg.member_features_dim:
         inputs["member_features"] = torch.randn(b, cfg.member_features_dim, generator=g)
-    return inputs
+    return ModelInputs(**inputs)

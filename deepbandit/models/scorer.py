@@ -7,10 +7,14 @@ member/sample dimension of ``encoders``. Expected reward = sigmoid(logit); padde
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepbandit.data.features import ModelInputs
+from deepbandit.models.capabilities import Capabilities
 from deepbandit.models.encoders import (
     PAD_LOGIT,
     ImageTower,
@@ -68,22 +72,19 @@ class ArtworkScorer(nn.Module):
         self.image_tower = ImageTower(cfg, n_members)
         self.head = InteractionHead(cfg, n_members)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, uncertainty, title_genres: Tensor) -> ArtworkScorer:
+        """The plain scorer of ``uncertainty=none`` (one network)."""
+        return cls(cfg, title_genres)
+
+    @staticmethod
+    def offers(uncertainty) -> Capabilities:
+        """No posterior: point scores only."""
+        return Capabilities()
+
     def scores(
         self,
-        history_title_idx: Tensor,
-        history_mask: Tensor,
-        country_idx: Tensor,
-        language_idx: Tensor,
-        device_idx: Tensor,
-        hour: Tensor,
-        weekday: Tensor,
-        recommender_score: Tensor,
-        prior_interaction: Tensor,
-        title_idx: Tensor,
-        candidate_embeddings: Tensor,
-        candidate_mask: Tensor,
-        candidate_image_idx: Tensor | None = None,
-        member_features: Tensor | None = None,
+        inputs: ModelInputs | Mapping[str, Tensor],
         *,
         dropout_active: bool | None = None,
         n_samples: int = 1,
@@ -93,74 +94,39 @@ class ArtworkScorer(nn.Module):
         dropout_active None follows ``self.training``; with True and ``n_samples`` S > 1 (K = 1 only),
         L = S independent dropout draws computed in one batched pass.
         """
+        x = ModelInputs.of(inputs)
         active = self.training if dropout_active is None else dropout_active
         if n_samples > 1 and self.n_members > 1:
             raise ValueError("dropout sampling (n_samples > 1) needs a single-member scorer")
-        member = self.member_tower(
-            history_title_idx,
-            history_mask,
-            country_idx,
-            language_idx,
-            device_idx,
-            hour,
-            weekday,
-            recommender_score,
-            prior_interaction,
-            title_idx,
-            member_features,
-            active,
-            n_samples,
-        )
-        images = self.image_tower(candidate_embeddings, candidate_image_idx, active, n_samples)
+        member = self.member_tower(x, active, n_samples)
+        images = self.image_tower(x.candidate_embeddings, x.candidate_image_idx, active, n_samples)
         return self.head(member, images, active, n_samples)
 
     def member_logits(
-        self, *, dropout_active: bool | None = None, n_samples: int = 1, **inputs: Tensor
+        self,
+        inputs: ModelInputs | Mapping[str, Tensor],
+        *,
+        dropout_active: bool | None = None,
+        n_samples: int = 1,
     ) -> Tensor:
         """Masked logits (B, L, A): L = n_members, or n_samples dropout draws (padding = PAD_LOGIT)."""
-        logits, _ = self.scores(**inputs, dropout_active=dropout_active, n_samples=n_samples)
+        x = ModelInputs.of(inputs)
+        logits, _ = self.scores(x, dropout_active=dropout_active, n_samples=n_samples)
         if logits.shape[0] < n_samples:  # no dropout anywhere: every draw is the same
             logits = logits.expand(n_samples, *logits.shape[1:])
-        return logits.transpose(0, 1).masked_fill(~inputs["candidate_mask"].unsqueeze(1), PAD_LOGIT)
+        return logits.transpose(0, 1).masked_fill(~x.candidate_mask.unsqueeze(1), PAD_LOGIT)
 
-    def forward(
-        self,
-        history_title_idx: Tensor,
-        history_mask: Tensor,
-        country_idx: Tensor,
-        language_idx: Tensor,
-        device_idx: Tensor,
-        hour: Tensor,
-        weekday: Tensor,
-        recommender_score: Tensor,
-        prior_interaction: Tensor,
-        title_idx: Tensor,
-        candidate_embeddings: Tensor,
-        candidate_mask: Tensor,
-        candidate_image_idx: Tensor | None = None,
-        member_features: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, inputs: ModelInputs | Mapping[str, Tensor]) -> Tensor:
         """Point logits (B, A), the mean over members; padded candidates hold PAD_LOGIT."""
-        logits, _ = self.scores(
-            history_title_idx,
-            history_mask,
-            country_idx,
-            language_idx,
-            device_idx,
-            hour,
-            weekday,
-            recommender_score,
-            prior_interaction,
-            title_idx,
-            candidate_embeddings,
-            candidate_mask,
-            candidate_image_idx,
-            member_features,
-        )
-        return logits.mean(0).masked_fill(~candidate_mask, PAD_LOGIT)
+        x = ModelInputs.of(inputs)
+        logits, _ = self.scores(x)
+        return logits.mean(0).masked_fill(~x.candidate_mask, PAD_LOGIT)
 
     def posterior_samples(
-        self, n_samples: int | None = None, generator: torch.Generator | None = None, **inputs: Tensor
+        self,
+        inputs: ModelInputs | Mapping[str, Tensor],
+        n_samples: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """(B, S, A) copies of the point logits (S = n_samples or 1): the no-uncertainty posterior."""
-        return self.forward(**inputs).unsqueeze(1).expand(-1, n_samples or 1, -1)
+        return self.forward(inputs).unsqueeze(1).expand(-1, n_samples or 1, -1)

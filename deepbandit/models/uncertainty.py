@@ -2,30 +2,34 @@
 
 Every scorer here (and the plain ``ArtworkScorer``, whose posterior is a point mass) has:
 
-- ``forward(**inputs) -> (B, A)`` point logits (the mean prediction), padding = PAD_LOGIT;
-- ``member_logits(**inputs) -> (B, K, A)`` the logits the loss trains, K = ``n_members`` (1 unless an
+- ``forward(inputs) -> (B, A)`` point logits (the mean prediction), padding = PAD_LOGIT;
+- ``member_logits(inputs) -> (B, K, A)`` the logits the loss trains, K = ``n_members`` (1 unless an
   ensemble);
-- ``posterior_samples(n_samples, generator=None, **inputs) -> (B, S, A)`` posterior draws of the
+- ``posterior_samples(inputs, n_samples=None, generator=None) -> (B, S, A)`` posterior draws of the
   **logits** (apply sigmoid for expected rewards; argmax is the Thompson choice either way). One draw is
   shared by the whole batch (one ensemble member, one weight vector), except MC dropout whose masks are
   drawn per row; both are valid Thompson sampling for independent requests.
 
-``inputs`` are the keyword tensors of ``encoders.INPUT_NAMES``.
+``inputs`` is a ``ModelInputs`` (``deepbandit.data.features``; a mapping of its names is converted).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from deepbandit.data.features import ModelInputs
 from deepbandit.errors import ConfigError
+from deepbandit.models.capabilities import Capabilities
 from deepbandit.models.encoders import PAD_LOGIT, ModelConfig
 from deepbandit.models.scorer import ArtworkScorer
+
+Inputs = ModelInputs | Mapping[str, Tensor]
 
 
 @dataclass
@@ -78,39 +82,54 @@ class EnsembleScorer(nn.Module):
             prior_cfg = replace(cfg, dropout=0.0, last_layer_dropout=0.0)
             self.prior = ArtworkScorer(prior_cfg, title_genres, n_members).requires_grad_(False)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, u: UncertaintyConfig, title_genres: Tensor) -> EnsembleScorer:
+        return cls(cfg, title_genres, u.n_members, u.prior_scale)
+
+    @staticmethod
+    def offers(u: UncertaintyConfig) -> Capabilities:
+        return Capabilities(
+            posterior="exact",
+            posterior_in_training=True,
+            exported_posterior=True,
+            bootstrap_members=u.bootstrap,
+        )
+
     @property
     def n_members(self) -> int:
         return self.net.n_members
 
-    def member_logits(self, **inputs: Tensor) -> Tensor:
+    def member_logits(self, inputs: Inputs) -> Tensor:
         """(B, K, A) logits of every member, one batched forward."""
-        logits = self.net.member_logits(**inputs)
+        x = ModelInputs.of(inputs)
+        logits = self.net.member_logits(x)
         if self.prior is not None:
-            logits = logits + self.prior_scale * self.prior.member_logits(dropout_active=False, **inputs)
-        return logits.masked_fill(~inputs["candidate_mask"].unsqueeze(1), PAD_LOGIT)
+            logits = logits + self.prior_scale * self.prior.member_logits(x, dropout_active=False)
+        return logits.masked_fill(~x.candidate_mask.unsqueeze(1), PAD_LOGIT)
 
-    def forward_loop(self, **inputs: Tensor) -> Tensor:
+    def forward_loop(self, inputs: Inputs) -> Tensor:
         """Reference for ``member_logits``: a Python loop over members, each run on its own weight slice."""
-        mask = ~inputs["candidate_mask"]
+        x = ModelInputs.of(inputs)
+        mask = ~x.candidate_mask
         out = []
         for k in range(self.n_members):
-            logits = functional_call(self.net, _member_slice(self.net, k), kwargs=inputs)
+            logits = functional_call(self.net, _member_slice(self.net, k), args=(x,))
             if self.prior is not None:
-                prior = functional_call(self.prior, _member_slice(self.prior, k), kwargs=inputs)
+                prior = functional_call(self.prior, _member_slice(self.prior, k), args=(x,))
                 logits = (logits + self.prior_scale * prior).masked_fill(mask, PAD_LOGIT)
             out.append(logits)
         return torch.stack(out, dim=1)
 
-    def forward(self, **inputs: Tensor) -> Tensor:
+    def forward(self, inputs: Inputs) -> Tensor:
         """(B, A) mean of the member logits."""
-        return self.member_logits(**inputs).mean(1)
+        return self.member_logits(inputs).mean(1)
 
     def posterior_samples(
-        self, n_samples: int | None = None, generator: torch.Generator | None = None, **inputs: Tensor
+        self, inputs: Inputs, n_samples: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, S, A): all K members in order when n_samples is None (deterministic, exportable), else
         n_samples members drawn uniformly with replacement."""
-        logits = self.member_logits(**inputs)
+        logits = self.member_logits(inputs)
         if n_samples is None:
             return logits
         pick = torch.randint(self.n_members, (n_samples,), generator=generator)
@@ -153,19 +172,26 @@ class MCDropoutScorer(nn.Module):
 
     n_members = 1  # member_logits is (B, 1, A), as for the plain scorer
 
-    def member_logits(self, **inputs: Tensor) -> Tensor:
-        return self.net.member_logits(**inputs)
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, u: UncertaintyConfig, title_genres: Tensor) -> MCDropoutScorer:
+        return cls(cfg, title_genres, u.n_samples)
 
-    def forward(self, **inputs: Tensor) -> Tensor:
-        return self.net(**inputs)
+    @staticmethod
+    def offers(u: UncertaintyConfig) -> Capabilities:
+        return Capabilities(posterior="sampled", posterior_in_training=True, posterior_draws=u.n_samples)
+
+    def member_logits(self, inputs: Inputs) -> Tensor:
+        return self.net.member_logits(inputs)
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        return self.net(inputs)
 
     def posterior_samples(
-        self, n_samples: int | None = None, generator: torch.Generator | None = None, **inputs: Tensor
+        self, inputs: Inputs, n_samples: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        with _seeded(generator, inputs["candidate_mask"].device):
-            return self.net.member_logits(
-                dropout_active=True, n_samples=n_samples or self.n_samples, **inputs
-            )
+        x = ModelInputs.of(inputs)
+        with _seeded(generator, x.candidate_mask.device):
+            return self.net.member_logits(x, dropout_active=True, n_samples=n_samples or self.n_samples)
 
 
 class BayesianLinearRegression(nn.Module):
@@ -260,7 +286,7 @@ class NeuralLinearScorer(nn.Module):
     sigma^2 = 1 is the exact Laplace approximation; larger values widen the posterior (tempering).
 
     Fit after training the network (features move while it trains): ``reset_posterior()`` then
-    ``update_posterior(action, reward, **inputs)`` over the data (or a recent window).
+    ``update_posterior(inputs, action, reward)`` over the data (or a recent window).
     """
 
     def __init__(
@@ -279,11 +305,20 @@ class NeuralLinearScorer(nn.Module):
 
     n_members = 1  # member_logits is (B, 1, A), as for the plain scorer
 
-    def member_logits(self, **inputs: Tensor) -> Tensor:
-        return self.net.member_logits(**inputs)
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, u: UncertaintyConfig, title_genres: Tensor) -> NeuralLinearScorer:
+        return cls(cfg, title_genres, u.prior_precision, u.noise_variance, u.n_samples)
 
-    def forward(self, **inputs: Tensor) -> Tensor:
-        return self.net(**inputs)
+    @staticmethod
+    def offers(u: UncertaintyConfig) -> Capabilities:
+        # the head is fitted after training, so validation has no draws from it
+        return Capabilities(posterior="sampled", posterior_draws=u.n_samples)
+
+    def member_logits(self, inputs: Inputs) -> Tensor:
+        return self.net.member_logits(inputs)
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        return self.net(inputs)
 
     @torch.no_grad()
     def reset_posterior(self) -> None:
@@ -291,17 +326,17 @@ class NeuralLinearScorer(nn.Module):
         out = self.net.head.out
         self.blr.reset(torch.cat([out.weight[0, :, 0], out.bias[0]]).double())
 
-    def _features(self, **inputs: Tensor) -> tuple[Tensor, Tensor]:
-        logits, features = self.net.scores(**inputs, dropout_active=False)
+    def _features(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
+        logits, features = self.net.scores(inputs, dropout_active=False)
         phi = features[0]
         return logits[0], torch.cat(
             [phi, phi.new_ones(*phi.shape[:-1], 1)], dim=-1
         )  # (B, A), (B, A, head_dim + 1)
 
     @torch.no_grad()
-    def update_posterior(self, action: Tensor, reward: Tensor, **inputs: Tensor) -> None:
+    def update_posterior(self, inputs: Inputs, action: Tensor, reward: Tensor) -> None:
         """Add logged rows: action (B,) position of the shown candidate, reward (B,) target in [0, 1]."""
-        logits, phi = self._features(**inputs)
+        logits, phi = self._features(inputs)
         rows = torch.arange(action.shape[0], device=action.device)
         eta = logits[rows, action].double()
         p, q = torch.sigmoid(eta), torch.sigmoid(-eta)
@@ -309,60 +344,25 @@ class NeuralLinearScorer(nn.Module):
         self.blr.accumulate(phi[rows, action], c, c * eta + reward.double() - p)
 
     def posterior_samples(
-        self, n_samples: int | None = None, generator: torch.Generator | None = None, **inputs: Tensor
+        self, inputs: Inputs, n_samples: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        _, phi = self._features(**inputs)
+        x = ModelInputs.of(inputs)
+        _, phi = self._features(x)
         w = self.blr.sample(n_samples or self.n_samples, generator).to(phi.dtype)  # (S, P)
         logits = torch.einsum("bap,sp->bsa", phi, w)
-        return logits.masked_fill(~inputs["candidate_mask"].unsqueeze(1), PAD_LOGIT)
+        return logits.masked_fill(~x.candidate_mask.unsqueeze(1), PAD_LOGIT)
 
 
-UNCERTAINTY: dict[str, Callable[[ModelConfig, UncertaintyConfig, Tensor], nn.Module]] = {
-    "none": lambda cfg, u, genres: ArtworkScorer(cfg, genres),
-    "ensemble": lambda cfg, u, genres: EnsembleScorer(cfg, genres, u.n_members, u.prior_scale),
-    "mc_dropout": lambda cfg, u, genres: MCDropoutScorer(cfg, genres, u.n_samples),
-    "neural_linear": lambda cfg, u, genres: NeuralLinearScorer(
-        cfg, genres, u.prior_precision, u.noise_variance, u.n_samples
-    ),
+# kind -> its scorer class; each says how it is built from the config (``from_config``) and what it
+# offers (``offers``). Adding an uncertainty model: its class, its line here, conf/uncertainty/<kind>.yaml.
+UNCERTAINTY: dict[str, type[nn.Module]] = {
+    "none": ArtworkScorer,
+    "ensemble": EnsembleScorer,
+    "mc_dropout": MCDropoutScorer,
+    "neural_linear": NeuralLinearScorer,
 }
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an uncertainty model offers its policies, its trainer and its export: callers ask this instead of
-    comparing ``kind`` strings, so a new uncertainty model is its class, its entries here and its yaml.
-
-    posterior: "none" (point scores only), "exact" (a discrete posterior drawn whole, every ensemble member
-        once: Thompson propensities are exact) or "sampled" (Monte Carlo draws: estimated propensities).
-    posterior_in_training: validation can report Thompson sampling from it (the neural-linear head is fitted
-        after training, so its draws are not available there).
-    posterior_draws: the default number of draws; None: the whole exact posterior.
-    exported_posterior: the ONNX graph carries the posterior (per-member logits and winners), so export
-        serves Thompson sampling from it.
-    bootstrap_members: the trainer gives each member its own Poisson(1) bootstrap weights.
-    """
-
-    posterior: str = "none"
-    posterior_in_training: bool = False
-    posterior_draws: int | None = None
-    exported_posterior: bool = False
-    bootstrap_members: bool = False
-
-    @property
-    def thompson_kind(self) -> str:
-        """The Thompson policy's kind for these draws (``policies.Thompson``: exact or estimated propensities)."""
-        return "ensemble" if self.posterior == "exact" else "mc_dropout"
-
-
 CAPABILITIES: dict[str, Callable[[UncertaintyConfig], Capabilities]] = {
-    "none": lambda u: Capabilities(),
-    "ensemble": lambda u: Capabilities(
-        posterior="exact", posterior_in_training=True, exported_posterior=True, bootstrap_members=u.bootstrap
-    ),
-    "mc_dropout": lambda u: Capabilities(
-        posterior="sampled", posterior_in_training=True, posterior_draws=u.n_samples
-    ),
-    "neural_linear": lambda u: Capabilities(posterior="sampled", posterior_draws=u.n_samples),
+    k: c.offers for k, c in UNCERTAINTY.items()
 }
 
 
@@ -390,4 +390,4 @@ def build_scorer(cfg: ModelConfig, uncertainty: UncertaintyConfig, title_genres:
         raise ValueError(
             f"unknown uncertainty kind {uncertainty.kind!r}; choose one of {sorted(UNCERTAINTY)}"
         )
-    return UNCERTAINTY[uncertainty.kind](cfg, uncertainty, title_genres)
+    return UNCERTAINTY[uncertainty.kind].from_config(cfg, uncertainty, title_genres)

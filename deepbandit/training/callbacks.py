@@ -100,7 +100,7 @@ class TrueValueMonitor(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         with torch.no_grad():
             batch = self.batch.to(pl_module.device)
-            logits = pl_module.model(**self.inputs_fn(batch, pl_module.lookup)).float().cpu().numpy()
+            logits = pl_module.model(self.inputs_fn(batch, pl_module.lookup)).float().cpu().numpy()
         values = self.evaluate(logits)["all"]
         self.history.append({"epoch": trainer.current_epoch, **values})
         pl_module.log("true/greedy", values["greedy"])

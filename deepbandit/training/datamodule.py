@@ -196,7 +196,7 @@ class _KeyedStream(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         for batch in self.stream:
-            yield batch, row_keys(batch.member_id, batch.title_idx, batch.timestamp)
+            yield batch, row_keys(batch.member_id, batch.inputs.title_idx, batch.timestamp)
 
 
 class BanditDataModule(L.LightningDataModule):

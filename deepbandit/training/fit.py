@@ -67,7 +67,7 @@ class TrainingStep:
             weights = poisson_bootstrap_weights(row_key, self.model.n_members, self.bootstrap_seed)
         return compute_loss(
             self.objective,
-            self.model.member_logits(**model_inputs(batch, self.lookup)),
+            self.model.member_logits(model_inputs(batch, self.lookup)),
             batch.candidate_mask,
             batch.action,
             target,

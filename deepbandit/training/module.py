@@ -68,7 +68,7 @@ class BanditModule(L.LightningModule):
         data, _ = batch
         x = model_inputs(data, self.lookup)
         out = {
-            "logits": self.model(**x).float(),
+            "logits": self.model(x).float(),
             "candidate_mask": data.candidate_mask,
             "action": data.action,
             "pscore": data.pscore,
@@ -77,7 +77,7 @@ class BanditModule(L.LightningModule):
         }
         if self.metrics.needs_samples:
             g = torch.Generator(device="cpu").manual_seed(self.seed + batch_idx)
-            out["samples"] = self.model.posterior_samples(self.posterior_draws, generator=g, **x).float()
+            out["samples"] = self.model.posterior_samples(x, self.posterior_draws, generator=g).float()
         self._val.append({k: v.detach().cpu() for k, v in out.items()})
 
     def on_validation_epoch_start(self) -> None:

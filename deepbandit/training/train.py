@@ -185,7 +185,7 @@ def point_logits(module: BanditModule, batch: ImpressionBatch, chunk: int = 16_3
     model = module.model.eval().cpu()
     module.lookup.cpu()
     out = [
-        model(**model_inputs(batch[slice(s, s + chunk)], module.lookup)) for s in range(0, len(batch), chunk)
+        model(model_inputs(batch[slice(s, s + chunk)], module.lookup)) for s in range(0, len(batch), chunk)
     ]
     return torch.cat(out).float().numpy()
 

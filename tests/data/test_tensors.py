@@ -142,37 +142,42 @@ def assert_matches_reference(
     batch: ImpressionBatch, table: pa.Table, vocabs: FeatureVocabs, max_history: int
 ):
     exp = reference(table, vocabs, max_history)
-    np.testing.assert_array_equal(batch.candidate_image_idx.numpy(), exp["cand"])
+    np.testing.assert_array_equal(batch.inputs.candidate_image_idx.numpy(), exp["cand"])
     np.testing.assert_array_equal(batch.candidate_mask.numpy(), exp["cmask"])
     np.testing.assert_array_equal(batch.n_candidates.numpy(), exp["cmask"].sum(1))
     np.testing.assert_array_equal(batch.action.numpy(), exp["action"])
-    np.testing.assert_array_equal(batch.history_title_idx.numpy(), exp["hist"])
-    np.testing.assert_array_equal(batch.history_mask.numpy(), exp["hmask"])
+    np.testing.assert_array_equal(batch.inputs.history_title_idx.numpy(), exp["hist"])
+    np.testing.assert_array_equal(batch.inputs.history_mask.numpy(), exp["hmask"])
     np.testing.assert_array_equal(batch.reward.numpy(), exp["reward"].astype(np.float32))
     np.testing.assert_array_equal(batch.reward_observed.numpy(), exp["observed"])
     np.testing.assert_array_equal(batch.timestamp.numpy(), exp["ts"])
-    np.testing.assert_array_equal(batch.title_idx.numpy(), exp["title"])
+    np.testing.assert_array_equal(batch.inputs.title_idx.numpy(), exp["title"])
     for name in ("country", "language", "device"):
-        np.testing.assert_array_equal(getattr(batch, f"{name}_idx").numpy(), exp[name])
+        np.testing.assert_array_equal(getattr(batch.inputs, f"{name}_idx").numpy(), exp[name])
     col = table.column
     np.testing.assert_array_equal(batch.member_id.numpy(), col("member_id").to_numpy())
     np.testing.assert_array_equal(batch.pscore.numpy(), col("propensity").to_numpy().astype(np.float32))
-    np.testing.assert_array_equal(batch.hour.numpy(), col("hour").to_numpy())
-    np.testing.assert_array_equal(batch.weekday.numpy(), col("weekday").to_numpy())
-    np.testing.assert_array_equal(batch.recommender_score.numpy(), col("recommender_score").to_numpy())
+    np.testing.assert_array_equal(batch.inputs.hour.numpy(), col("hour").to_numpy())
+    np.testing.assert_array_equal(batch.inputs.weekday.numpy(), col("weekday").to_numpy())
+    np.testing.assert_array_equal(batch.inputs.recommender_score.numpy(), col("recommender_score").to_numpy())
     np.testing.assert_array_equal(
-        batch.prior_interaction.numpy(), np.asarray(col("prior_interaction").to_pylist(), dtype=np.float32)
+        batch.inputs.prior_interaction.numpy(),
+        np.asarray(col("prior_interaction").to_pylist(), dtype=np.float32),
     )
     if "action_dist" in table.column_names:
         np.testing.assert_array_equal(batch.action_dist.numpy(), exp["dist"].astype(np.float32))
         np.testing.assert_array_equal(
-            batch.member_features.numpy(), np.array(col("member_features").to_pylist(), dtype=np.float32)
+            batch.inputs.member_features.numpy(),
+            np.array(col("member_features").to_pylist(), dtype=np.float32),
         )
     else:
-        assert batch.action_dist is None and batch.member_features is None
-    assert batch.pscore.dtype == batch.reward.dtype == batch.recommender_score.dtype == torch.float32
+        assert batch.action_dist is None and batch.inputs.member_features is None
+    assert batch.pscore.dtype == batch.reward.dtype == batch.inputs.recommender_score.dtype == torch.float32
     assert (
-        batch.candidate_image_idx.dtype == batch.history_title_idx.dtype == batch.action.dtype == torch.int64
+        batch.inputs.candidate_image_idx.dtype
+        == batch.inputs.history_title_idx.dtype
+        == batch.action.dtype
+        == torch.int64
     )
 
 
@@ -269,8 +274,10 @@ def test_table_to_batch_matches_the_per_row_reference(vocabs, max_history, extra
     table = make_impressions(120, seed=7, unknown=True, extras=extras)
     batch = table_to_batch(table, vocabs, max_history=max_history)
     assert len(batch) == 120
-    assert batch.n_actions == 6 and batch.history_title_idx.shape == (120, min(max_history, 7))
-    assert (batch.candidate_image_idx == UNK).any() and (batch.history_title_idx == UNK).any()  # unknowns hit
+    assert batch.n_actions == 6 and batch.inputs.history_title_idx.shape == (120, min(max_history, 7))
+    assert (batch.inputs.candidate_image_idx == UNK).any() and (
+        batch.inputs.history_title_idx == UNK
+    ).any()  # unknowns hit
     assert_matches_reference(batch, table, vocabs, max_history)
 
 
@@ -287,8 +294,8 @@ def test_history_width_is_at_least_one_when_nobody_has_history(vocabs):
     table = make_impressions(5, seed=9)
     table = replace(table, "played_title_ids", [[]] * 5, pa.list_(pa.int64()))
     batch = table_to_batch(table, vocabs)
-    assert batch.history_title_idx.shape == (5, 1)
-    assert not batch.history_mask.any() and (batch.history_title_idx == PAD).all()
+    assert batch.inputs.history_title_idx.shape == (5, 1)
+    assert not batch.inputs.history_mask.any() and (batch.inputs.history_title_idx == PAD).all()
 
 
 def test_action_is_the_position_of_the_chosen_image(vocabs):
@@ -365,16 +372,12 @@ def test_round_trip_write_read_filter_to_tensors(tmp_path, vocabs):
 
 def trimmed(batch: ImpressionBatch) -> ImpressionBatch:
     """The batch with its (B, A) and (B, H) fields cut to the widths its rows use (checking the rest is pad)."""
-    a, h = int(batch.n_candidates.max()), max(1, int(batch.history_mask.sum(1).max()))
-    assert not batch.candidate_mask[:, a:].any() and not batch.history_mask[:, h:].any()
-    cut = {
-        "candidate_image_idx": a,
-        "candidate_mask": a,
-        "action_dist": a,
-        "history_title_idx": h,
-        "history_mask": h,
-    }
-    return dataclasses.replace(batch, **{k: getattr(batch, k)[:, :w] for k, w in cut.items()})
+    a, h = int(batch.n_candidates.max()), max(1, int(batch.inputs.history_mask.sum(1).max()))
+    assert not batch.candidate_mask[:, a:].any() and not batch.inputs.history_mask[:, h:].any()
+    cut = {"candidate_image_idx": a, "candidate_mask": a, "history_title_idx": h, "history_mask": h}
+    inputs = batch.inputs.replace(**{k: getattr(batch.inputs, k)[:, :w] for k, w in cut.items()})
+    dist = batch.action_dist[:, :a] if batch.action_dist is not None else None
+    return dataclasses.replace(batch, inputs=inputs, action_dist=dist)
 
 
 def test_batch_indexing_slicing_and_cat(vocabs):
@@ -390,16 +393,18 @@ def test_batch_indexing_slicing_and_cat(vocabs):
     narrow = table_to_batch(table.slice(0, 5), vocabs, max_history=1)
     both = ImpressionBatch.cat([narrow, batch])
     assert both.n_actions == batch.n_actions and len(both) == 55
-    assert (both.candidate_image_idx[:5, narrow.n_actions :] == PAD).all()
-    assert not both.history_mask[:5, 1:].any()
-    assert torch.equal(both.candidate_image_idx[5:], batch.candidate_image_idx)
+    assert (both.inputs.candidate_image_idx[:5, narrow.n_actions :] == PAD).all()
+    assert not both.inputs.history_mask[:5, 1:].any()
+    assert torch.equal(both.inputs.candidate_image_idx[5:], batch.inputs.candidate_image_idx)
 
 
 def test_batch_moves_between_devices(vocabs):
     batch = table_to_batch(make_impressions(8, seed=13), vocabs)
     moved = batch.to("meta")
-    assert moved.title_idx.device.type == "meta" and moved.action_dist is None
-    assert batch.to("cpu").title_idx.data_ptr() == batch.title_idx.data_ptr()  # no copy when already there
+    assert moved.inputs.title_idx.device.type == "meta" and moved.action_dist is None
+    assert (
+        batch.to("cpu").inputs.title_idx.data_ptr() == batch.inputs.title_idx.data_ptr()
+    )  # no copy when already there
 
 
 @pytest.mark.gpu
@@ -407,12 +412,12 @@ def test_batch_moves_between_devices(vocabs):
 def test_pinned_batch_goes_to_gpu_and_is_indexed_there(vocabs):
     batch = table_to_batch(make_impressions(64, seed=14, extras=True), vocabs)
     pinned = batch.pin_memory()
-    assert pinned.candidate_image_idx.is_pinned()
+    assert pinned.inputs.candidate_image_idx.is_pinned()
     gpu = pinned.to("cuda", non_blocking=True)
     rows = torch.randint(0, 64, (16,), device="cuda")
     sub = gpu[rows]
     assert sub.device.type == "cuda"
-    assert torch.equal(sub.candidate_image_idx.cpu(), batch[rows.cpu()].candidate_image_idx)
+    assert torch.equal(sub.inputs.candidate_image_idx.cpu(), batch[rows.cpu()].inputs.candidate_image_idx)
 
 
 def test_image_table_rows_follow_the_vocab(catalogue, vocabs):
@@ -454,7 +459,7 @@ def test_stream_over_ranks_and_workers_covers_every_row_once(stream_dir, vocabs)
         assert all(len(b) <= 64 for b in batches)
         counts.append(sum(len(b) for b in batches))
         rows += counts[-1]
-        assert all(b.action_dist is not None and b.member_features.shape[1] == 3 for b in batches)
+        assert all(b.action_dist is not None and b.inputs.member_features.shape[1] == 3 for b in batches)
     assert rows == table.num_rows
     assert abs(counts[0] - counts[1]) <= 40  # balanced to within one row group
 
@@ -468,7 +473,7 @@ def test_stream_without_shuffle_matches_direct_conversion(stream_dir, vocabs):
 def test_stream_reads_only_the_optional_columns_asked_for(stream_dir, vocabs):
     root, _ = stream_dir
     batch = next(iter(ImpressionStream(root, vocabs, optional_columns=["member_features"])))
-    assert batch.action_dist is None and batch.member_features is not None
+    assert batch.action_dist is None and batch.inputs.member_features is not None
     with pytest.raises(ValueError, match="optional_columns \\['request_id'\\]"):
         ImpressionStream(root, vocabs, optional_columns=["request_id"])
 

@@ -314,7 +314,7 @@ def test_trained_model_greedy_choice_beats_random(name):
         w = poisson_bootstrap_weights(rows, 1, seed=0)  # bootstrap path exercised on one member
         out = compute_loss(
             objective,
-            model.member_logits(**x),
+            model.member_logits(x),
             x["candidate_mask"],
             action[rows],
             reward[rows],
@@ -327,7 +327,7 @@ def test_trained_model_greedy_choice_beats_random(name):
     model.eval()
     test, _, truth, *_ = _world(2000, seed=3, cfg=cfg)
     with torch.no_grad():
-        greedy = model(**test, candidate_embeddings=lookup(test["candidate_image_idx"])).argmax(-1)
+        greedy = model({**test, "candidate_embeddings": lookup(test["candidate_image_idx"])}).argmax(-1)
     value = truth[torch.arange(2000), greedy].mean()
     random, oracle = truth.mean(), truth.max(-1).values.mean()
     # the oracle gap is ~0.4 here and training closes ~95% of it; an untrained or context-blind model

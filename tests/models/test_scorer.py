@@ -60,19 +60,19 @@ def _inputs(
 def test_logits_have_one_column_per_candidate_and_padding_holds_pad_logit(pooling):
     cfg = replace(CFG, pooling=pooling)
     model, x = _model(cfg), _inputs(cfg)
-    logits = model(**x)
+    logits = model(x)
     assert logits.shape == (7, 5)
     assert torch.all(logits[~x["candidate_mask"]] == PAD_LOGIT)
     assert torch.isfinite(logits).all() and (logits[x["candidate_mask"]] > PAD_LOGIT / 2).all()
-    assert model.member_logits(**x).shape == (7, 1, 5)
-    assert torch.equal(model.member_logits(**x)[:, 0], logits)
+    assert model.member_logits(x).shape == (7, 1, 5)
+    assert torch.equal(model.member_logits(x)[:, 0], logits)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_padding_never_affects_valid_logits(pooling):
     cfg = replace(CFG, pooling=pooling)
     model, x = _model(cfg), _inputs(cfg)
-    ref = model(**x)
+    ref = model(x)
     g = torch.Generator().manual_seed(5)
     y = dict(x)
     cmask, hmask = x["candidate_mask"], x["history_mask"]
@@ -94,7 +94,7 @@ def test_padding_never_affects_valid_logits(pooling):
     y["candidate_image_idx"] = torch.cat([y["candidate_image_idx"], torch.full((7, 3), 9)], 1)
     y["history_mask"] = torch.cat([hmask, pad3], 1)
     y["history_title_idx"] = torch.cat([y["history_title_idx"], torch.full((7, 3), 4)], 1)
-    out = model(**y)
+    out = model(y)
     torch.testing.assert_close(out[:, :5][cmask], ref[cmask], rtol=0, atol=1e-5)
     assert torch.all(out[~y["candidate_mask"]] == PAD_LOGIT)
 
@@ -103,7 +103,7 @@ def test_padded_candidates_never_win_softmax_or_argmax():
     model, x = _model(), _inputs()
     with torch.no_grad():  # push valid logits far down: padding must still lose
         model.head.out.bias.fill_(-500.0)
-    logits = model(**x)
+    logits = model(x)
     probs = torch.softmax(logits, -1)
     assert torch.all(probs[~x["candidate_mask"]] == 0)
     torch.testing.assert_close(probs.sum(-1), torch.ones(7))
@@ -116,7 +116,7 @@ def test_empty_history_gives_finite_logits_for_both_poolings():
         x = _inputs(cfg)
         x["history_mask"] = torch.zeros_like(x["history_mask"])
         x["history_title_idx"] = torch.zeros_like(x["history_title_idx"])
-        assert torch.isfinite(_model(cfg)(**x)).all()
+        assert torch.isfinite(_model(cfg)(x)).all()
 
 
 def test_member_tower_runs_once_per_request_and_image_tower_once_per_candidate():
@@ -127,7 +127,7 @@ def test_member_tower_runs_once_per_request_and_image_tower_once_per_candidate()
     model.member_tower.mlp.inner.register_forward_hook(
         lambda m, i, o: seen.setdefault("rows", []).append(i[0].shape)
     )
-    model(**x)
+    model(x)
     assert seen["member"] == [(1, 7, CFG.tower_dim)]  # (members, B, d), never (B * A, d)
     assert seen["image"] == [(1, 7, 5, CFG.tower_dim)]
     assert seen["rows"][0][:2] == (1, 7)
@@ -142,36 +142,34 @@ def test_cold_start_new_image_scored_from_its_embedding_alone():
     new["candidate_image_idx"] = torch.where(x["candidate_mask"], 1, 0)  # unknown to the catalogue
     new["candidate_embeddings"] = torch.randn(x["candidate_embeddings"].shape, generator=g)
     no_ids = {k: v for k, v in new.items() if k != "candidate_image_idx"}
-    cold = model(**new)
+    cold = model(new)
     assert torch.isfinite(cold).all()
-    torch.testing.assert_close(cold, model(**no_ids), rtol=0, atol=0)  # unknown images read no id embedding
+    torch.testing.assert_close(cold, model(no_ids), rtol=0, atol=0)  # unknown images read no id embedding
     other = dict(no_ids, candidate_embeddings=torch.randn(x["candidate_embeddings"].shape, generator=g))
-    assert not torch.allclose(
-        model(**other)[x["candidate_mask"]], cold[x["candidate_mask"]]
-    )  # content matters
+    assert not torch.allclose(model(other)[x["candidate_mask"]], cold[x["candidate_mask"]])  # content matters
     # known images do read their id embedding
-    known = model(**x)
+    known = model(x)
     assert not torch.allclose(
-        known[x["candidate_mask"]], model(**{**x, "candidate_image_idx": None})[x["candidate_mask"]]
+        known[x["candidate_mask"]], model({**x, "candidate_image_idx": None})[x["candidate_mask"]]
     )
 
 
 def test_image_id_embedding_starts_at_zero_so_warm_and_cold_start_agree_at_init():
     model, x = _model(), _inputs()
-    torch.testing.assert_close(model(**x), model(**{**x, "candidate_image_idx": None}), rtol=0, atol=0)
+    torch.testing.assert_close(model(x), model({**x, "candidate_image_idx": None}), rtol=0, atol=0)
 
 
 def test_title_and_context_reach_the_logits():
     model, x = _model(), _inputs()
-    ref = model(**x)[x["candidate_mask"]]
+    ref = model(x)[x["candidate_mask"]]
     for name, value in [("title_idx", (x["title_idx"] - 2 + 1) % 20 + 2), ("hour", (x["hour"] + 12) % 24)]:
-        changed = model(**{**x, name: value})[x["candidate_mask"]]
+        changed = model({**x, name: value})[x["candidate_mask"]]
         assert not torch.allclose(changed, ref), name
 
 
 def test_hour_is_cyclical():
     model, x = _model(), _inputs()
-    at = {h: model(**{**x, "hour": torch.full_like(x["hour"], h)}) for h in (0, 12, 23)}
+    at = {h: model({**x, "hour": torch.full_like(x["hour"], h)}) for h in (0, 12, 23)}
     # 23h is closer to 0h than 12h is
     assert (at[23] - at[0]).abs().sum() < (at[12] - at[0]).abs().sum()
 
@@ -214,8 +212,8 @@ def test_export_path_of_the_embedding_bag_matches_the_fused_kernel(monkeypatch):
 def test_bf16_autocast_forward_is_finite_and_close():
     model, x = _model(), _inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(**x)
-    ref = model(**x)
+        low = model(x)
+    ref = model(x)
     mask = x["candidate_mask"]
     assert torch.isfinite(low).all() and torch.all(low[~mask] <= PAD_LOGIT * 0.99)
     torch.testing.assert_close(low[mask].float(), ref[mask], rtol=0.05, atol=0.05)
@@ -225,7 +223,7 @@ def test_member_features_required_when_configured():
     x = _inputs()
     del x["member_features"]
     with pytest.raises(ValueError, match="member_features"):
-        _model()(**x)
+        _model()(x)
 
 
 def test_random_inputs_are_valid():
@@ -270,7 +268,7 @@ def _set(name, value):
     ],
 )
 def test_validate_inputs_names_input_row_and_value(edit, message):
-    x = _inputs()
+    x = dict(_inputs())  # a plain mapping, so that a misspelt name can be put in
     edit(x)
     with pytest.raises(ValueError, match=message):
         validate_inputs(CFG, x)

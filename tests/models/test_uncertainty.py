@@ -57,10 +57,10 @@ def test_vectorised_ensemble_equals_python_loop(pooling, prior_scale):
     with torch.no_grad():  # a trained-looking id table, so the hashed path is compared too
         ens.net.image_tower.ids.weight.normal_()
     x = _inputs(cfg)
-    vec, loop = ens.member_logits(**x), ens.forward_loop(**x)
+    vec, loop = ens.member_logits(x), ens.forward_loop(x)
     assert vec.shape == (7, 4, 5)
     torch.testing.assert_close(vec, loop, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ens(**x), loop.mean(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ens(x), loop.mean(1), rtol=0, atol=1e-5)
     # members are different networks, not copies
     valid = x["candidate_mask"]
     assert all(not torch.allclose(vec[:, 0][valid], vec[:, k][valid]) for k in range(1, 4))
@@ -70,15 +70,15 @@ def test_ensemble_posterior_samples_are_members():
     torch.manual_seed(0)
     ens = EnsembleScorer(CFG, GENRES, n_members=3).eval()
     x = _inputs()
-    members = ens.member_logits(**x)
-    torch.testing.assert_close(ens.posterior_samples(**x), members)
-    draws = ens.posterior_samples(50, generator=torch.Generator().manual_seed(0), **x)
+    members = ens.member_logits(x)
+    torch.testing.assert_close(ens.posterior_samples(x), members)
+    draws = ens.posterior_samples(x, 50, generator=torch.Generator().manual_seed(0))
     assert draws.shape == (7, 50, 5)
     # every draw is one member's logits for the whole batch, and all members get drawn
     match = [(draws[:, s : s + 1] == members).all(-1).all(0) for s in range(50)]
     assert all(int(m.sum()) == 1 for m in match)
     assert set(int(m.nonzero()) for m in match) == {0, 1, 2}
-    again = ens.posterior_samples(50, generator=torch.Generator().manual_seed(0), **x)
+    again = ens.posterior_samples(x, 50, generator=torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)
 
 
@@ -86,11 +86,11 @@ def test_randomised_prior_is_frozen_and_added_with_its_scale():
     torch.manual_seed(0)
     ens = EnsembleScorer(CFG, GENRES, n_members=3, prior_scale=2.5)
     x = _inputs()
-    with_prior = ens.member_logits(**x)
-    prior = ens.prior.member_logits(**x)
+    with_prior = ens.member_logits(x)
+    prior = ens.prior.member_logits(x)
     ens.prior_scale = 0.0
     valid = x["candidate_mask"].unsqueeze(1).expand_as(prior)
-    torch.testing.assert_close(with_prior[valid], (ens.member_logits(**x) + 2.5 * prior)[valid])
+    torch.testing.assert_close(with_prior[valid], (ens.member_logits(x) + 2.5 * prior)[valid])
     ens.prior_scale = 2.5
     with_prior.sum().backward()
     assert all(p.grad is None for p in ens.prior.parameters())
@@ -107,7 +107,7 @@ def test_each_member_trains_only_on_its_own_bootstrap_weights():
     action = torch.zeros(b, dtype=torch.long)
     out = compute_loss(
         ObjectiveConfig(),
-        ens.member_logits(**x),
+        ens.member_logits(x),
         x["candidate_mask"],
         action,
         torch.ones(b),
@@ -129,15 +129,15 @@ def test_mc_dropout_draws_vary_and_eval_forward_is_deterministic():
     torch.manual_seed(0)
     model = MCDropoutScorer(replace(CFG, dropout=0.3, last_layer_dropout=0.3), GENRES).eval()
     x = _inputs()
-    draws = model.posterior_samples(8, **x)
+    draws = model.posterior_samples(x, 8)
     assert draws.shape == (7, 8, 5)
     valid = x["candidate_mask"]
     assert (draws.std(1)[valid] > 0).all()  # every valid cell varies across draws
     assert torch.all(draws.transpose(1, 2)[~valid] == PAD_LOGIT)
-    torch.testing.assert_close(model(**x), model(**x), rtol=0, atol=0)
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     assert torch.equal(
-        model.posterior_samples(8, generator=g(), **x), model.posterior_samples(8, generator=g(), **x)
+        model.posterior_samples(x, 8, generator=g()), model.posterior_samples(x, 8, generator=g())
     )
 
 
@@ -148,11 +148,11 @@ def test_mc_dropout_mean_is_the_eval_prediction_when_only_the_last_layer_drops()
     model = MCDropoutScorer(replace(CFG, last_layer_dropout=0.4), GENRES).eval()
     x = _inputs()
     torch.manual_seed(1)
-    draws = model.posterior_samples(4000, **x)
+    draws = model.posterior_samples(x, 4000)
     valid = x["candidate_mask"]
     mean, se = draws.mean(1)[valid], draws.std(1)[valid] / 4000**0.5
     assert (se > 0).all()
-    z = (mean - model(**x)[valid]) / se
+    z = (mean - model(x)[valid]) / se
     assert z.abs().max() < 5, z
 
 
@@ -213,14 +213,14 @@ def _neural_linear(**kw) -> NeuralLinearScorer:
 
 def test_neural_linear_prior_is_centred_on_the_trained_last_layer():
     model, x = _neural_linear(prior_precision=1e6), _inputs()
-    _, phi = model._features(**x)
+    _, phi = model._features(x)
     torch.testing.assert_close(
-        (phi @ model.blr.mean)[x["candidate_mask"]], model(**x)[x["candidate_mask"]], rtol=1e-5, atol=1e-5
+        (phi @ model.blr.mean)[x["candidate_mask"]], model(x)[x["candidate_mask"]], rtol=1e-5, atol=1e-5
     )
-    draws = model.posterior_samples(6, generator=torch.Generator().manual_seed(0), **x)
+    draws = model.posterior_samples(x, 6, generator=torch.Generator().manual_seed(0))
     assert draws.shape == (7, 6, 5) and torch.all(draws.transpose(1, 2)[~x["candidate_mask"]] == PAD_LOGIT)
     # with a tight prior every draw sits at the point prediction
-    torch.testing.assert_close(draws, model(**x).unsqueeze(1).expand_as(draws), rtol=0, atol=1e-2)
+    torch.testing.assert_close(draws, model(x).unsqueeze(1).expand_as(draws), rtol=0, atol=1e-2)
 
 
 def test_neural_linear_update_is_one_newton_step_of_last_layer_logistic_regression():
@@ -229,8 +229,8 @@ def test_neural_linear_update_is_one_newton_step_of_last_layer_logistic_regressi
     g = torch.Generator().manual_seed(4)
     action = torch.zeros(40, dtype=torch.long)  # candidate 0 is always valid
     reward = (torch.rand(40, generator=g) < 0.5).float()
-    model.update_posterior(action, reward, **x)
-    logits, phi = model._features(**x)
+    model.update_posterior(x, action, reward)
+    logits, phi = model._features(x)
     phi, eta = phi[:, 0].detach().double().numpy(), logits[:, 0].detach().double().numpy()
     w0 = model.blr.prior_mean.numpy()
     p = 1 / (1 + np.exp(-eta))
@@ -245,10 +245,10 @@ def test_neural_linear_draws_tighten_with_data_and_reset_forgets():
     model, x = _neural_linear(prior_precision=1.0), _inputs()
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     valid = x["candidate_mask"].unsqueeze(1).expand(-1, 200, -1)
-    spread = lambda: model.posterior_samples(200, generator=g(), **x)[valid].std()  # noqa: E731
+    spread = lambda: model.posterior_samples(x, 200, generator=g())[valid].std()  # noqa: E731
     before = spread()
     big = _inputs(b=400, seed=9)
-    model.update_posterior(torch.zeros(400, dtype=torch.long), torch.ones(400), **big)
+    model.update_posterior(big, torch.zeros(400, dtype=torch.long), torch.ones(400))
     after = spread()
     assert after < 0.5 * before
     model.reset_posterior()
@@ -265,9 +265,9 @@ def test_every_uncertainty_kind_shares_the_interface(kind):
     model = build_scorer(cfg, UncertaintyConfig(kind=kind, n_members=3, prior_scale=1.0), GENRES).eval()
     x = _inputs(cfg)
     k = 3 if kind == "ensemble" else 1
-    assert model(**x).shape == (7, 5)
-    assert model.member_logits(**x).shape == (7, k, 5) and model.n_members == k
-    assert model.posterior_samples(4, generator=torch.Generator().manual_seed(0), **x).shape == (7, 4, 5)
+    assert model(x).shape == (7, 5)
+    assert model.member_logits(x).shape == (7, k, 5) and model.n_members == k
+    assert model.posterior_samples(x, 4, generator=torch.Generator().manual_seed(0)).shape == (7, 4, 5)
     assert isinstance(model, ArtworkScorer) == (kind == "none")
 
 

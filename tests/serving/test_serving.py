@@ -82,15 +82,11 @@ def random_requests(n: int, seed: int = 0) -> list[dict]:
 def torch_scores(bundle: ModelBundle, table: pa.Table) -> np.ndarray:
     """The torch model on features built by training's own ``table_to_batch`` (the reference)."""
     batch = table_to_batch(table, bundle.vocabs, max_history=4)
-    inputs = {
-        n: getattr(batch, n)
-        for n in ("history_title_idx", "history_mask", "country_idx", "language_idx", "device_idx", "hour",
-                  "weekday", "recommender_score", "prior_interaction", "title_idx", "candidate_mask",
-                  "candidate_image_idx")
-    }  # fmt: skip
-    inputs["candidate_embeddings"] = bundle.image_embedding[batch.candidate_image_idx]
+    inputs = batch.inputs.replace(
+        candidate_embeddings=bundle.image_embedding[batch.inputs.candidate_image_idx]
+    )
     with torch.no_grad():
-        return bundle.build_model()(**inputs).numpy()
+        return bundle.build_model()(inputs).numpy()
 
 
 @pytest.mark.parametrize("kind", ["none", "ensemble"])
@@ -170,13 +166,10 @@ def test_add_images_scores_new_images_from_content(exported):
     assert out.ok.all()
     table = service.to_impressions(out)
     batch = table_to_batch(table, bundle.vocabs, max_history=4)  # 5000 is unknown to the vocab -> index 1
-    emb = bundle.image_embedding[batch.candidate_image_idx]
+    emb = bundle.image_embedding[batch.inputs.candidate_image_idx]
     emb[0, 0] = torch.from_numpy(new[0])
-    inputs = {n: getattr(batch, n) for n in ("history_title_idx", "history_mask", "country_idx", "language_idx",
-              "device_idx", "hour", "weekday", "recommender_score", "prior_interaction", "title_idx",
-              "candidate_mask", "candidate_image_idx")}  # fmt: skip
     with torch.no_grad():
-        ref = bundle.build_model()(candidate_embeddings=emb, **inputs).numpy()
+        ref = bundle.build_model()(batch.inputs.replace(candidate_embeddings=emb)).numpy()
     np.testing.assert_allclose(out.scores, ref, atol=1e-5)
     with pytest.raises(ValueError, match="already has an embedding"):
         service.add_images([1003], new)
@@ -223,13 +216,11 @@ def test_member_features_from_dicts_and_arrow(tmp_path, make_bundle):
     again = service.decide(table.drop_columns(["chosen_image_id"]), rng=np.random.default_rng(0))
     np.testing.assert_allclose(again.scores, out.scores[out.ok], atol=1e-6)
     batch = table_to_batch(table, bundle.vocabs, max_history=4)
-    names = ("history_title_idx", "history_mask", "country_idx", "language_idx", "device_idx", "hour",
-             "weekday", "recommender_score", "prior_interaction", "title_idx", "candidate_mask",
-             "candidate_image_idx", "member_features")  # fmt: skip
     with torch.no_grad():
         ref = bundle.build_model()(
-            candidate_embeddings=bundle.image_embedding[batch.candidate_image_idx],
-            **{n: getattr(batch, n) for n in names},
+            batch.inputs.replace(
+                candidate_embeddings=bundle.image_embedding[batch.inputs.candidate_image_idx]
+            )
         ).numpy()
     valid = batch.candidate_mask.numpy()
     np.testing.assert_allclose(again.scores[:, : ref.shape[1]][valid], ref[valid], atol=1e-5)

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from deepbandit.cli import sweep_report
+from deepbandit.data.features import REQUIRED_INPUTS, ModelInputs
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
@@ -125,11 +126,10 @@ def test_run_writes_bundle_and_metrics(trained):
 def test_resident_loader_same_global_batches_on_any_world_size():
     n = 103
     fields = {
-        f: torch.arange(n)
-        for f in ImpressionBatch.__dataclass_fields__
-        if f not in ("action_dist", "member_features")
+        f: torch.arange(n) for f in ImpressionBatch.__dataclass_fields__ if f not in ("inputs", "action_dist")
     }
-    data = ImpressionBatch(**fields)
+    inputs = ModelInputs(**{f: torch.arange(n) for f in REQUIRED_INPUTS})
+    data = ImpressionBatch(inputs=inputs, **fields)
     one = [rows for _, rows in ResidentLoader(data, 10, shuffle=True, seed=3, epoch_fn=lambda: 1)]
     two = [
         [
