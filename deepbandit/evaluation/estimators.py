@@ -23,6 +23,9 @@ significant digits. With w_i = pi(a_i | x_i) / pscore_i and q_hat(x, pi) = sum_a
     SNDR       mean(q_hat(x, pi)) + sum(w (r - q_hat(x, a))) / sum(w)
     Switch-DR  mean(q_hat(x, pi) + 1{w <= tau} w (r - q_hat(x, a)))
     Replay     sum(1{pi(x) = a} r) / sum(1{pi(x) = a})     (uniform logging, deterministic pi)
+
+(One module of about 700 lines on purpose: every estimator is a few lines of ``terms`` on the shared
+``Rows``/``Terms`` machinery here, whose chunking, dtype handling and interval code they must not copy.)
 """
 
 from __future__ import annotations

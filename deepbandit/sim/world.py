@@ -34,6 +34,10 @@ rows is computable: ``World.expected_reward`` and ``World.policy_value``.
 Ids are indices: members 0..n_members-1, titles 0..n_titles-1, images 0..n_images-1 (images of a title are
 contiguous and sorted by launch time). Times are UTC; ``hour``/``weekday`` are the member's local ones
 (country's fixed offset, no daylight saving).
+
+(One module of about 1,000 lines on purpose: the world's generation, its saved form and its ground truth
+read the same hidden parameters, and a change to one that the others miss would make the truth wrong
+without any error; sampling and the log writer live beside it in ``sim/``.)
 """
 
 from __future__ import annotations
