@@ -10,10 +10,11 @@ table. docs/evaluation.md explains how to read them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -71,21 +72,16 @@ def run(cfg: DictConfig) -> dict:
     ``files`` (paths written)."""
     if cfg.out_dir is None:
         raise ValueError("out_dir is required when calling run() directly (the command uses the run dir)")
+    # every EvaluationSettings field that the command exposes, by name (tuples where the settings hold them)
+    given = {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationSettings) if hasattr(cfg, f.name)
+    }
     settings = EvaluationSettings(
-        estimators=tuple(cfg.estimators),
-        interval=cfg.interval,
-        alpha=cfg.alpha,
-        n_bootstrap=cfg.n_bootstrap,
-        seed=cfg.seed,
-        segments=tuple(cfg.segments),
-        segment_estimator=cfg.segment_estimator,
-        min_segment_rows=cfg.min_segment_rows,
-        title_for_plot=cfg.title_for_plot,
-        estimator_params={k: dict(v) for k, v in cfg.estimator_params.items()},
+        **{k: tuple(v) if isinstance(v, list | ListConfig) else v for k, v in given.items()}
+        | {"estimator_params": {k: dict(v) for k, v in cfg.estimator_params.items()}}
     )
-    make_estimators(
-        cfg.estimators, settings.estimator_params
-    )  # unknown names first: the plot's choice is checked against them
+    # unknown names first: the plot's choice is checked against them
+    make_estimators(cfg.estimators, settings.estimator_params)
     if cfg.interval not in INTERVAL_METHODS:
         raise ConfigError(f"interval must be one of {', '.join(INTERVAL_METHODS)}; got {cfg.interval!r}")
     if not 0 < cfg.alpha < 1:

@@ -291,7 +291,7 @@ class World:
       ``title_image_offsets`` (N + 1,): the images of title t are ids offsets[t]..offsets[t + 1] - 1
     * images: ``image_title``, ``image_launch_s``, ``image_theme1``/``image_theme2`` and their weights
       ``image_theme_w1``/``image_theme_w2``, ``image_cast`` (-1: none), ``image_quality``,
-      ``image_clickbait``, ``unpersonalised_value``, ``image_best_prefix`` (I,); ``image_embedding`` (I, D)
+      ``image_clickbait``, ``unpersonalised_value`` (I,); ``image_embedding`` (I, D)
     * histories: ``history_offsets`` (M + 1,), ``history_title`` (H,), ``history_key`` (H,) = member << 32
       | (play time - base_s), sorted
     * effects: ``genre_themes`` (G, T), ``hour_effect`` (24,), ``weekday_effect`` (7,), ``device_base``,
@@ -872,11 +872,6 @@ class World:
         cand = np.asarray(candidate_ids)
         return np.where(cand >= 0, self.unpersonalised_value[np.maximum(cand, 0)], -np.inf).argmax(axis=1)
 
-    def best_unpersonalised_image(self, title_ids: np.ndarray) -> np.ndarray:
-        """The single image per title maximising the expected reward averaged over the context
-        distribution, among all its images. (B,) int64 image ids."""
-        return self.image_best_prefix[self.title_image_offsets[np.asarray(title_ids) + 1] - 1]
-
     def baseline_values(self, contexts: Contexts, candidate_ids: np.ndarray) -> dict[str, float]:
         """Exact values of the uniform-random, best-unpersonalised and oracle policies on these contexts."""
         q = self.expected_reward(contexts, candidate_ids)
@@ -893,8 +888,7 @@ class World:
         recommendation path (member ~ activity x P(genre path picks the title | member), time on the
         title's part of the timeline with the traffic shape), estimated from ``unpersonalised_samples``
         self-normalised importance-weighted contexts per title shared by all its images (common random
-        numbers keep the ranking sharp). ``image_best_prefix`` (I,): the best image among its title's
-        images up to this one (launch order)."""
+        numbers keep the ranking sharp)."""
         K, N, G = self.config.unpersonalised_samples, self.n_titles, len(self.genres)
         value, weight_sum = np.zeros(self.n_images), np.zeros(N)
         act_cum = np.cumsum(self.member_activity)
@@ -930,13 +924,6 @@ class World:
             weight_sum[titles] = np.add.reduceat(weight, np.arange(0, len(title), K))
         value /= weight_sum[self.image_title]
         self.arrays["unpersonalised_value"] = value
-        # running argmax restarting at every title: values lie in [0, 1], so shifting title t by 2t makes a
-        # global running maximum that never carries over from an earlier title
-        shifted = value + 2.0 * self.image_title
-        best_so_far = shifted == np.maximum.accumulate(shifted)
-        self.arrays["image_best_prefix"] = np.maximum.accumulate(
-            np.where(best_so_far, np.arange(len(value)), 0)
-        )
 
     # ---- tables and persistence ---------------------------------------------------------------------
     def titles_table(self) -> pa.Table:
