@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 
 from deepbandit.atomic import atomic_file
 from deepbandit.data.logs import Contexts
-from deepbandit.errors import ConfigError
+from deepbandit.errors import ConfigError, DataError
 
 US_PER_S = 1_000_000
 S_PER_DAY = 86_400
@@ -275,6 +275,55 @@ def _categorical(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cum < u[:, None]).sum(axis=1), cum.shape[1] - 1)
 
 
+# The world's saved parameters, by name (World's array fields); older files may also hold these retired ones
+WORLD_ARRAYS = (
+    "member_country",
+    "member_language",
+    "member_device_prob",
+    "member_activity",
+    "member_genre_taste",
+    "member_genre_drift",
+    "member_theme_taste",
+    "member_theme_drift",
+    "member_fav_cast",
+    "member_fav_weight",
+    "title_genres",
+    "title_genre_idx",
+    "title_genre_w",
+    "title_cast",
+    "title_popularity",
+    "title_appeal",
+    "title_language",
+    "title_launch_s",
+    "title_image_offsets",
+    "image_title",
+    "image_launch_s",
+    "image_theme1",
+    "image_theme2",
+    "image_theme_w1",
+    "image_theme_w2",
+    "image_cast",
+    "image_quality",
+    "image_clickbait",
+    "image_embedding",
+    "genre_themes",
+    "hour_effect",
+    "weekday_effect",
+    "device_base",
+    "device_gain",
+    "country_effect",
+    "country_offset_s",
+    "genre_title_offsets",
+    "genre_titles",
+    "genre_title_cdf",
+    "history_offsets",
+    "history_title",
+    "history_key",
+    "unpersonalised_value",
+)
+RETIRED_ARRAYS = ("image_best_prefix",)
+
+
 @dataclass(eq=False)
 class World:
     """Hidden parameters of the artwork world (arrays indexed by member, title and image id).
@@ -306,13 +355,61 @@ class World:
     languages: tuple[str, ...]
     devices: tuple[str, ...]
     genres: tuple[str, ...]
-    arrays: dict[str, np.ndarray] = field(repr=False)  # every parameter, also readable as an attribute
+    # members
+    member_country: np.ndarray = field(repr=False)
+    member_language: np.ndarray = field(repr=False)
+    member_device_prob: np.ndarray = field(repr=False)
+    member_activity: np.ndarray = field(repr=False)
+    member_genre_taste: np.ndarray = field(repr=False)
+    member_genre_drift: np.ndarray = field(repr=False)
+    member_theme_taste: np.ndarray = field(repr=False)
+    member_theme_drift: np.ndarray = field(repr=False)
+    member_fav_cast: np.ndarray = field(repr=False)
+    member_fav_weight: np.ndarray = field(repr=False)
+    # titles
+    title_genres: np.ndarray = field(repr=False)
+    title_genre_idx: np.ndarray = field(repr=False)
+    title_genre_w: np.ndarray = field(repr=False)
+    title_cast: np.ndarray = field(repr=False)
+    title_popularity: np.ndarray = field(repr=False)
+    title_appeal: np.ndarray = field(repr=False)
+    title_language: np.ndarray = field(repr=False)
+    title_launch_s: np.ndarray = field(repr=False)
+    title_image_offsets: np.ndarray = field(repr=False)
+    # images
+    image_title: np.ndarray = field(repr=False)
+    image_launch_s: np.ndarray = field(repr=False)
+    image_theme1: np.ndarray = field(repr=False)
+    image_theme2: np.ndarray = field(repr=False)
+    image_theme_w1: np.ndarray = field(repr=False)
+    image_theme_w2: np.ndarray = field(repr=False)
+    image_cast: np.ndarray = field(repr=False)
+    image_quality: np.ndarray = field(repr=False)
+    image_clickbait: np.ndarray = field(repr=False)
+    image_embedding: np.ndarray = field(repr=False)
+    # effects and samplers
+    genre_themes: np.ndarray = field(repr=False)
+    hour_effect: np.ndarray = field(repr=False)
+    weekday_effect: np.ndarray = field(repr=False)
+    device_base: np.ndarray = field(repr=False)
+    device_gain: np.ndarray = field(repr=False)
+    country_effect: np.ndarray = field(repr=False)
+    country_offset_s: np.ndarray = field(repr=False)
+    genre_title_offsets: np.ndarray = field(repr=False)
+    genre_titles: np.ndarray = field(repr=False)
+    genre_title_cdf: np.ndarray = field(repr=False)
+    # drawn by generate once the world exists (histories, the unpersonalised ranking)
+    history_offsets: np.ndarray | None = field(default=None, repr=False)
+    history_title: np.ndarray | None = field(default=None, repr=False)
+    history_key: np.ndarray | None = field(default=None, repr=False)
+    unpersonalised_value: np.ndarray | None = field(default=None, repr=False)
+    # derived arrays (float32 copies, lookup keys): computed on first use, never saved
+    _derived: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        arrays = self.__dict__.get("arrays")
-        if arrays is not None and name in arrays:
-            return arrays[name]
-        raise AttributeError(name)
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every saved parameter by name (what ``save`` writes and ``load`` reads)."""
+        return {name: getattr(self, name) for name in WORLD_ARRAYS if getattr(self, name) is not None}
 
     # ---- sizes and timeline -------------------------------------------------------------------------
     @property
@@ -492,7 +589,7 @@ class World:
             languages=languages,
             devices=tuple(cfg.devices),
             genres=GENRES[:G],
-            arrays=a,
+            **a,
         )
         world._generate_histories(rng)
         world._rank_images_unpersonalised(np.random.default_rng([seed, 0x5EED, 2]))
@@ -501,14 +598,14 @@ class World:
     def _generate_histories(self, rng: np.random.Generator) -> None:
         """Plays drawn from the tastes over [start - history_days, end), one per (member, title) (its
         first), sorted by (member, time)."""
-        cfg, a = self.config, self.arrays
-        activity = a["member_activity"] / a["member_activity"].mean()
+        cfg = self.config
+        activity = self.member_activity / self.member_activity.mean()
         members = np.repeat(np.arange(self.n_members), rng.poisson(cfg.history_mean * activity))
         lo_s = self.start_s - int(cfg.history_days * S_PER_DAY)
         end_s = self.end_us // US_PER_S
         frac_draw = rng.random(len(members))
         titles = self.sample_titles_by_genre(members, np.full(len(members), 0.5), None, rng)
-        t_lo = np.maximum(a["title_launch_s"][titles], lo_s)
+        t_lo = np.maximum(self.title_launch_s[titles], lo_s)
         times = t_lo + (frac_draw * (end_s - t_lo)).astype(np.int64)
         order = np.lexsort((times, titles, members))
         members, titles, times = members[order], titles[order], times[order]
@@ -516,14 +613,13 @@ class World:
         first[1:] = (members[1:] != members[:-1]) | (titles[1:] != titles[:-1])
         members, titles, times = members[first], titles[first], times[first]
         order = np.lexsort((times, members))
-        a["history_offsets"] = segment_offsets(np.bincount(members, minlength=self.n_members))
-        a["history_title"] = titles[order]
-        a["history_key"] = (members[order] << 32) | (times[order] - self.base_s)  # (member, time) sorted
+        self.history_offsets = segment_offsets(np.bincount(members, minlength=self.n_members))
+        self.history_title = titles[order]
+        self.history_key = (members[order] << 32) | (times[order] - self.base_s)  # (member, time) sorted
 
     def _cache(self, name: str):
         """Derived arrays (float32 copies, lookup keys), computed on first use and never saved."""
-        key = f"_{name}"
-        if key not in self.arrays:
+        if name not in self._derived:
             a, cfg = self.arrays, self.config
             f32 = np.float32
             derived = {
@@ -550,8 +646,8 @@ class World:
                 "device_alias": lambda: alias_table(a["member_device_prob"]),
                 "title_cast_bits": lambda: self._title_cast_bits(),
             }
-            self.arrays[key] = derived[name]()
-        return self.arrays[key]
+            self._derived[name] = derived[name]()
+        return self._derived[name]
 
     def _title_cast_bits(self) -> np.ndarray:
         """(N * ceil(n_cast / 8),) uint8: bit c (little-endian within bytes) of row t set iff t casts c."""
@@ -923,7 +1019,7 @@ class World:
             value += np.bincount(images, weights=np.repeat(weight, counts) * q, minlength=self.n_images)
             weight_sum[titles] = np.add.reduceat(weight, np.arange(0, len(title), K))
         value /= weight_sum[self.image_title]
-        self.arrays["unpersonalised_value"] = value
+        self.unpersonalised_value = value
 
     # ---- tables and persistence ---------------------------------------------------------------------
     def titles_table(self) -> pa.Table:
@@ -980,7 +1076,13 @@ class World:
     def load(cls, path: str | os.PathLike) -> World:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["_meta"]))
-            arrays = {k: npz[k] for k in npz.files if k != "_meta"}
+            arrays = {k: npz[k] for k in npz.files if k != "_meta" and k not in RETIRED_ARRAYS}
+        missing = sorted(set(WORLD_ARRAYS) - set(arrays))
+        unknown = sorted(set(arrays) - set(WORLD_ARRAYS))
+        if missing or unknown:
+            raise DataError(
+                f"{path}: not a world file of this version (missing arrays {missing}, unknown arrays {unknown})"
+            )
         return cls(
             config=WorldConfig(**meta["config"]),
             start_us=meta["start_us"],
@@ -989,7 +1091,7 @@ class World:
             languages=tuple(meta["languages"]),
             devices=tuple(meta["devices"]),
             genres=tuple(meta["genres"]),
-            arrays=arrays,
+            **arrays,
         )
 
     def summary(self) -> dict:

@@ -93,6 +93,27 @@ def test_world_save_load_round_trip(tiny, tmp_path):
     np.testing.assert_array_equal(loaded.expected_reward(ctx, cand), world.expected_reward(ctx, cand))
 
 
+def test_world_file_arrays_are_the_worlds_fields(tiny, tmp_path):
+    """A world file holds exactly the World's array fields: a retired array of an older version is
+    skipped, a missing or unknown one is refused with the file and the names."""
+    from deepbandit.errors import DataError
+
+    _, world, _, _ = tiny
+    meta = np.array(json.dumps({"config": dataclasses.asdict(world.config), "start_us": world.start_us,
+                                "n_days": world.n_days, "countries": world.countries, "languages": world.languages,
+                                "devices": world.devices, "genres": world.genres}))  # fmt: skip
+    arrays = world.arrays
+    np.savez(tmp_path / "old.npz", _meta=meta, image_best_prefix=np.zeros(3), **arrays)
+    assert World.load(tmp_path / "old.npz").n_images == world.n_images
+    np.savez(tmp_path / "odd.npz", _meta=meta, surprise=np.zeros(3), **arrays)
+    with pytest.raises(DataError, match=r"odd.npz.*unknown arrays \['surprise'\]"):
+        World.load(tmp_path / "odd.npz")
+    del arrays["image_quality"]
+    np.savez(tmp_path / "short.npz", _meta=meta, **arrays)
+    with pytest.raises(DataError, match=r"missing arrays \['image_quality'\]"):
+        World.load(tmp_path / "short.npz")
+
+
 # --- the ground truth -------------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["uniform", "epsilon_greedy", "softmax"])
 def test_mean_logged_reward_matches_exact_logging_value(policy):
