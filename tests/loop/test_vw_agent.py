@@ -9,27 +9,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-import yaml
+from tiny import blobs, tiny_world
 
 from deepbandit.data.validation import validate_table
 from deepbandit.loop import loop as loop_module
-from deepbandit.loop.environments import ArtworkEnvironment, ClassificationEnvironment
+from deepbandit.loop.environments import ArtworkEnvironment
 from deepbandit.loop.loop import LoopConfig, run_loop
 from deepbandit.loop.vw_agent import VWConfig
-from deepbandit.sim.world import WorldConfig
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def tiny_world() -> WorldConfig:
-    return WorldConfig(**yaml.safe_load((CONF / "world" / "tiny.yaml").read_text()))
-
-
-def blobs(seed: int = 0, n: int = 600, classes: int = 4, dim: int = 6) -> ClassificationEnvironment:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    centres = rng.normal(0.0, 3.0, (classes, dim))
-    return ClassificationEnvironment(centres[labels] + rng.normal(size=(n, dim)), labels, name="blobs")
 
 
 def make_agent(env, cfg: VWConfig, first):
