@@ -35,10 +35,10 @@ from deepbandit.loop.environments import Environment, Requests, impressions_tabl
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig
 from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer, capabilities, check_uncertainty
-from deepbandit.policies import Decisions, EpsilonGreedy, Greedy, Thompson
+from deepbandit.policies import Decisions, EpsilonGreedy, Thompson, sample_actions
 from deepbandit.policies.config import PolicyConfig
 from deepbandit.training.config import LossConfig, ModelGroupConfig
-from deepbandit.training.fit import OptimConfig, TrainingStep, fit_epochs, make_optimizer
+from deepbandit.training.fit import OptimConfig, TrainingStep, fit_epochs, fit_steps, make_optimizer
 
 
 class Agent(Protocol):
@@ -47,6 +47,17 @@ class Agent(Protocol):
     def act(self, requests: Requests, rng: np.random.Generator) -> Decisions: ...
 
     def learn(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> None: ...
+
+
+def best_with_random_ties(scores: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Decisions:
+    """The best valid candidate of each row, ties broken uniformly at random, with that exact
+    distribution logged (1/k on each of k tied best candidates). Breaking ties toward the lowest position
+    would make a learner whose scores start equal (LinUCB) pull one arm for a whole round."""
+    s = np.where(mask, scores, -np.inf)
+    best = s == s.max(axis=1, keepdims=True)
+    dist = best / best.sum(axis=1, keepdims=True)
+    action = sample_actions(dist, rng.random(len(s)))
+    return Decisions(action, dist[np.arange(len(s)), action], dist, "exact")
 
 
 def uniform_decisions(mask: np.ndarray, rng: np.random.Generator) -> Decisions:
@@ -137,7 +148,8 @@ class ContextFeatures:
 class LinUCB:
     """Shared-parameter LinUCB on phi(x, a) = c(x) (x) e_a (outer product of the context vector and the
     image embedding, P * D features): ridge regression A = lambda I + sum phi phi^T, b = sum r phi, score
-    theta^T phi + alpha sqrt(phi^T A^-1 phi). Deterministic (argmax, propensity 1), updated once a round."""
+    theta^T phi + alpha sqrt(phi^T A^-1 phi). The best score is shown (ties at random, propensity 1/k among
+    k tied candidates, else 1), updated once a round."""
 
     name = "linucb"
 
@@ -164,7 +176,7 @@ class LinUCB:
     def act(self, requests: Requests, rng: np.random.Generator) -> Decisions:
         phi = self._phi(requests)
         width = np.sqrt(np.maximum(np.einsum("bai,ij,baj->ba", phi, self.inverse, phi), 0.0))
-        return Greedy().decide(phi @ self.theta + self.alpha * width, requests.mask, rng=rng)
+        return best_with_random_ties(phi @ self.theta + self.alpha * width, requests.mask, rng)
 
     def learn(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> None:
         phi = self._phi(requests)[np.arange(len(requests)), decisions.action]
@@ -208,7 +220,10 @@ class DeepAgentsConfig:
         }
     )
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, batch_size=512))
-    epochs: int = 2  # passes over everything the agent logged, per retrain
+    epochs: int = 2  # passes over everything the agent logged, per retrain (when steps_per_round is null)
+    # minibatch steps per retrain drawn with replacement from everything logged: the online learner's
+    # update, whose cost does not grow with the log; null: epochs full passes
+    steps_per_round: int | None = None
     warmup_rounds: int = 1  # rounds served uniformly at random before the first model
     retrain_every: int = 1  # rounds between retrains (warm start, on everything logged so far)
     serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
@@ -234,6 +249,10 @@ class DeepAgentsConfig:
         """Refuse an agent that cannot work, before the loop starts."""
         if self.serve not in ("onnx", "torch"):
             raise ConfigError(f"loop config: deep.serve must be 'onnx' or 'torch', got {self.serve!r}")
+        if self.steps_per_round is not None and self.steps_per_round < 1:
+            raise ConfigError(
+                f"loop config: deep.steps_per_round must be >= 1 or null, got {self.steps_per_round}"
+            )
         for name in ("epochs", "retrain_every", "max_history"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loop config: deep.{name} must be >= 1, got {getattr(self, name)}")
@@ -395,17 +414,20 @@ class DeepAgent:
 
     def retrain(self) -> None:
         t0 = time.perf_counter()
+        if len(self.logged) > 1:  # the buffer: everything logged, concatenated once per retrain
+            self.logged = [ImpressionBatch.cat(self.logged)]
+            self.row_keys = [np.concatenate(self.row_keys)]
+        data, keys = self.logged[0], torch.from_numpy(self.row_keys[0])
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds)
         with _threads(self.cfg.threads):
-            fit_epochs(
-                self.step,
-                self.optimizer,
-                ImpressionBatch.cat(self.logged),
-                torch.from_numpy(np.concatenate(self.row_keys)),
-                epochs=self.cfg.epochs,
-                batch_size=self.cfg.optim.batch_size,
-                generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds),
-                gradient_clip_val=self.cfg.optim.gradient_clip_val,
-            )
+            if self.cfg.steps_per_round is None:
+                fit_epochs(self.step, self.optimizer, data, keys, epochs=self.cfg.epochs,
+                           batch_size=self.cfg.optim.batch_size, generator=generator,
+                           gradient_clip_val=self.cfg.optim.gradient_clip_val)  # fmt: skip
+            else:
+                fit_steps(self.step, self.optimizer, data, keys, steps=self.cfg.steps_per_round,
+                          batch_size=self.cfg.optim.batch_size, generator=generator,
+                          gradient_clip_val=self.cfg.optim.gradient_clip_val)  # fmt: skip
         self.model.eval()
         self.trained = True
         self.train_seconds += time.perf_counter() - t0

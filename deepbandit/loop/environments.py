@@ -20,6 +20,7 @@ import pyarrow as pa
 from deepbandit.data.hashing import hash_uniform
 from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.data.schema import TITLES_SCHEMA, images_schema
+from deepbandit.errors import ConfigError
 from deepbandit.policies import Decisions
 from deepbandit.sim.logging_policies import LoggingPolicyConfig
 from deepbandit.sim.simulator import SIMULATED_IMPRESSIONS_SCHEMA, SimulateConfig, TruthAccumulator, build
@@ -251,7 +252,7 @@ class ClassificationEnvironment:
         if n < 1:
             raise ValueError(f"{self.name}: asked for {n} requests")
         rng = np.random.default_rng([self.seed, 0xC1A5, self.position])
-        sample = rng.integers(0, len(self.labels), n)
+        sample, features, cache = self._draw(rng, n)
         c = len(self.classes)
         row_key = np.arange(self.position, self.position + n, dtype=np.int64)
         timestamp = self.start_us + row_key * US_PER_S  # one request per second
@@ -276,7 +277,7 @@ class ClassificationEnvironment:
             "recommender_score": pa.array(np.full(n, 0.5, np.float32)),
             "prior_interaction": pa.array(np.zeros(n, bool)),
             "member_features": pa.ListArray.from_arrays(
-                pa.array(np.arange(n + 1, dtype=np.int32) * f), pa.array(self.features[sample].ravel())
+                pa.array(np.arange(n + 1, dtype=np.int32) * f), pa.array(features.ravel())
             ),
         }
         schema = pa.schema([SIMULATED_IMPRESSIONS_SCHEMA.field(k) for k in REQUEST_COLUMNS])
@@ -284,8 +285,14 @@ class ClassificationEnvironment:
         table = pa.Table.from_pydict(columns, schema=schema)
         candidates = np.tile(np.arange(c, dtype=np.int64), (n, 1))
         requests = Requests(table, candidates, np.ones((n, c), bool), timestamp, row_key)
-        requests.cache["label"] = self.labels[sample]
+        requests.cache.update(cache)
         return requests
+
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(member ids (n,), features (n, F) float32, what expected_rewards needs): samples drawn uniformly
+        with replacement, the sample index standing for the member."""
+        sample = rng.integers(0, len(self.labels), n)
+        return sample, self.features[sample], {"label": self.labels[sample]}
 
     def expected_rewards(self, requests: Requests) -> np.ndarray:
         label = requests.cache.get("label")
@@ -319,3 +326,70 @@ class ClassificationEnvironment:
             ],
             schema=TITLES_SCHEMA,
         )
+
+
+class WheelEnvironment(ClassificationEnvironment):
+    """The Wheel bandit (Riquelme, Tucker & Snoek 2018, "Deep Bayesian Bandits Showdown").
+
+    The context is a point drawn uniformly in the unit disc (``member_features`` (x, y)); there are five
+    arms. Inside the radius ``delta`` arm 5 pays 1.2 and the others 1.0; outside it, the arm of the point's
+    quadrant pays 50, arm 5 pays 1.2 and the other three 1.0. Rewards carry Gaussian noise of sd ``noise``
+    (0.01 in the paper) from hashed uniforms (common random numbers: the same request and arm give the same
+    reward whichever agent pulls it), and are divided by ``scale`` so that they lie in [0, 1], which the
+    cross-entropy and the log contract need. The hashed normal is at most 8.6 in absolute value, so the
+    default scale 50.1 keeps every reward inside (0, 1] for noise up to 0.01; regret normalised by the
+    uniform policy's (``normalized_regret``) does not depend on it. Larger ``delta`` makes the profitable
+    arms rarer and exploration harder.
+    """
+
+    ARMS = 5
+    # quadrant arms: x > 0, y > 0 -> 0; x < 0, y > 0 -> 1; x < 0, y < 0 -> 2; x > 0, y < 0 -> 3
+    MEANS = (1.0, 1.2, 50.0)  # other arms, arm 5, the quadrant's arm outside delta
+
+    def __init__(self, delta: float = 0.5, *, noise: float = 0.01, scale: float = 50.1, seed: int = 0):
+        if not 0.0 <= delta <= 1.0:
+            raise ConfigError(f"wheel: delta must be in [0, 1], got {delta}")
+        z_max = 8.6  # the largest hashed normal, see sample_rewards
+        if noise < 0 or 50.0 + z_max * noise > scale or 1.0 - z_max * noise < 0:
+            raise ConfigError(
+                f"wheel: noise={noise} and scale={scale} let rewards leave [0, 1]; need 0 <= noise <= "
+                f"{min((scale - 50.0), 1.0) / z_max:.4g} (and scale > 50)"
+            )
+        self.delta, self.noise, self.scale = float(delta), float(noise), float(scale)
+        super().__init__(np.zeros((self.ARMS, 2)), np.arange(self.ARMS), name=f"wheel{delta:g}", seed=seed)
+
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        radius = np.sqrt(rng.random(n))  # uniform in the disc
+        angle = rng.random(n) * 2 * np.pi
+        xy = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+        return np.arange(n, dtype=np.int64), xy.astype(np.float32), {"xy": xy}
+
+    def means(self, xy: np.ndarray) -> np.ndarray:
+        """(B, 5) mean rewards before scaling, for contexts xy (B, 2)."""
+        other, centre, high = self.MEANS
+        out = np.full((len(xy), self.ARMS), other)
+        out[:, 4] = centre
+        outside = np.hypot(xy[:, 0], xy[:, 1]) > self.delta
+        quadrant = np.where(xy[:, 1] >= 0, np.where(xy[:, 0] >= 0, 0, 1), np.where(xy[:, 0] < 0, 2, 3))
+        rows = np.flatnonzero(outside)
+        out[rows, quadrant[rows]] = high
+        return out
+
+    def expected_rewards(self, requests: Requests) -> np.ndarray:
+        xy = requests.cache.get("xy")
+        if xy is None:
+            raise ValueError(f"{self.name}: these requests were not made by this environment")
+        return self.means(xy) / self.scale
+
+    def sample_rewards(self, requests: Requests, actions: np.ndarray) -> np.ndarray:
+        q = self.expected_rewards(requests)[np.arange(len(requests)), actions]
+        arm = chosen_ids(requests, actions)
+        salt = (self.seed ^ _REWARD_SALT) & 0xFFFFFFFFFFFFFFFF
+        u1 = hash_uniform(salt, requests.row_key, arm)
+        u2 = hash_uniform(salt ^ 0x9E3779B97F4A7C15, requests.row_key, arm)
+        z = np.sqrt(-2.0 * np.log(np.maximum(u1, 2.0**-53))) * np.cos(2 * np.pi * u2)  # |z| <= 8.58
+        return q + self.noise * z / self.scale
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        return (0.0, 1.0)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from deepbandit.atomic import write_text_atomic
-from deepbandit.errors import ConfigError
+from deepbandit.errors import ConfigError, DataError
 from deepbandit.loop.agents import (
     DeepAgent,
     DeepAgentsConfig,
@@ -36,6 +36,7 @@ from deepbandit.loop.environments import (
     ClassificationEnvironment,
     Environment,
     Requests,
+    WheelEnvironment,
     impressions_table,
 )
 from deepbandit.loop.vw_agent import VowpalWabbitAgent, VWConfig, vw_available
@@ -57,11 +58,21 @@ DEFAULT_AGENTS = (
 
 
 @dataclass
+class WheelConfig:
+    """The Wheel bandit (``environment=wheel``; ``WheelEnvironment``)."""
+
+    delta: float = 0.5  # radius inside which the four high-paying arms pay 1.0; larger is harder
+    noise: float = 0.01  # sd of the Gaussian reward noise before scaling (the paper's 0.01)
+    scale: float = 50.1  # rewards are divided by this so they lie in [0, 1]
+
+
+@dataclass
 class LoopConfig:
     """``deepbandit loop`` (the ``loop_schema`` of conf/loop.yaml)."""
 
-    environment: str = "artwork"  # artwork | digits
+    environment: str = "artwork"  # artwork | digits | wheel
     world: WorldConfig = field(default_factory=WorldConfig)  # artwork only
+    wheel: WheelConfig = field(default_factory=WheelConfig)  # wheel only
     n_days: int = 14  # artwork timeline: the run's requests spread over it
     start_date: str = "2024-01-01"  # artwork: UTC midnight of the first day (YYYY-MM-DD)
     n_rounds: int = 10  # rounds; every agent decides a round's requests, then learns from them
@@ -108,7 +119,24 @@ ENVIRONMENT_FACTORIES: dict[str, Callable[[LoopConfig], Environment]] = {
         seed=cfg.seed,
     ),  # fmt: skip
     "digits": lambda cfg: ClassificationEnvironment.digits(seed=cfg.seed),
+    "wheel": lambda cfg: WheelEnvironment(
+        cfg.wheel.delta, noise=cfg.wheel.noise, scale=cfg.wheel.scale, seed=cfg.seed
+    ),
 }
+
+
+def check_rewards(env: Environment, rewards: np.ndarray, agent: str, round_index: int) -> None:
+    """Rewards must be finite and inside the environment's ``reward_range`` (default [0, 1]: the
+    cross-entropy the deep agents train and the log contract both take rewards in [0, 1])."""
+    low, high = getattr(env, "reward_range", (0.0, 1.0))
+    bad = ~np.isfinite(rewards) | (rewards < low) | (rewards > high)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"environment {getattr(env, 'name', type(env).__name__)}: round {round_index + 1}, request {row} "
+            f"(agent {agent}): reward {rewards[row]!r} is outside its reward range [{low:g}, {high:g}]; "
+            "scale the environment's rewards into [0, 1]"
+        )
 
 
 def make_environment(cfg: LoopConfig) -> Environment:
@@ -178,6 +206,12 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = env if env is not None else make_environment(cfg)
+    low, high = getattr(env, "reward_range", (0.0, 1.0))
+    if not 0.0 <= low <= high <= 1.0:
+        raise ConfigError(
+            f"environment {getattr(env, 'name', type(env).__name__)}: reward_range ({low}, {high}) is not inside "
+            "[0, 1], which the deep agents' cross-entropy and the log contract need; scale its rewards"
+        )
     env.reset(cfg.seed)
     t0 = time.perf_counter()
     requests = env.next_requests(cfg.requests_per_round)
@@ -205,6 +239,7 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
                 rng = np.random.default_rng([cfg.seed, 0xA6E7, k, r])
                 d = agent.act(requests, rng)
                 rewards = env.sample_rewards(requests, d.action)
+                check_rewards(env, rewards, agent.name, r)
                 agent.learn(requests, d, rewards)
                 seconds[agent.name] += time.perf_counter() - t
                 chosen_q = q[rows, d.action]
@@ -237,6 +272,10 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
         entry = {**s, "cumulative_regret": np.cumsum(s["regret"]).tolist()}
         entry["total_regret"] = entry["cumulative_regret"][-1]
         entry["mean_expected_take_rate"] = float(np.mean(s["expected_take_rate"]))
+        # the uniform policy's expected regret is 100 (the Wheel's convention, Riquelme et al. 2018)
+        uniform = sum((o - u) * cfg.requests_per_round for o, u in zip(oracle, random_value, strict=True))
+        entry["normalized_regret"] = 100.0 * entry["total_regret"] / uniform if uniform > 0 else None
+        entry["decisions_per_s"] = cfg.n_rounds * cfg.requests_per_round / max(seconds[agent.name], 1e-9)
         if isinstance(agent, DeepAgent):
             entry["train_seconds"], entry["export_seconds"] = agent.train_seconds, agent.export_seconds
         result["agents"][agent.name] = entry

@@ -10,7 +10,6 @@ weights, so a row keeps its weights whichever batch, epoch, shard or round it co
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +76,26 @@ class TrainingStep:
         )
 
 
+def optimizer_step(
+    step: TrainingStep,
+    optimizer: torch.optim.Optimizer,
+    batch: ImpressionBatch,
+    row_key: Tensor,
+    gradient_clip_val: float | None = None,
+) -> Tensor:
+    """One update on ``batch``: the step's loss, backward, optional gradient clipping, the optimiser step.
+    Returns the loss (detached)."""
+    loss = step(batch, row_key)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if gradient_clip_val is not None:
+        nn.utils.clip_grad_norm_(step.model.parameters(), gradient_clip_val)
+    optimizer.step()
+    return loss.detach()
+
+
 def fit_epochs(
-    step: Callable[[ImpressionBatch, Tensor], dict[str, Tensor]],
+    step: TrainingStep,
     optimizer: torch.optim.Optimizer,
     data: ImpressionBatch,
     row_key: Tensor,
@@ -90,18 +107,33 @@ def fit_epochs(
 ) -> int:
     """``epochs`` shuffled passes of ``step`` over an in-memory batch, from the model's current weights and
     the optimiser's state (warm start); returns the number of optimiser steps taken."""
-    model = step.model
-    model.train()
+    step.model.train()
     n, steps = len(data), 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for lo in range(0, n, batch_size):
             rows = order[lo : lo + batch_size]
-            loss = step(data[rows], row_key[rows])["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if gradient_clip_val is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
-            optimizer.step()
+            optimizer_step(step, optimizer, data[rows], row_key[rows], gradient_clip_val)
             steps += 1
+    return steps
+
+
+def fit_steps(
+    step: TrainingStep,
+    optimizer: torch.optim.Optimizer,
+    data: ImpressionBatch,
+    row_key: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator,
+    gradient_clip_val: float | None = None,
+) -> int:
+    """``steps`` updates on minibatches drawn uniformly with replacement from everything in ``data`` (the
+    online learner's replay buffer), from the current weights: the cost of a call does not grow with the
+    buffer, unlike ``fit_epochs``. Returns ``steps``."""
+    step.model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator)
+        optimizer_step(step, optimizer, data[rows], row_key[rows], gradient_clip_val)
     return steps

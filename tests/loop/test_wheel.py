@@ -1,0 +1,121 @@
+"""The Wheel bandit, reward ranges, the loop's normalised regret and the online learner's steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import blobs
+
+from deepbandit.errors import ConfigError, DataError
+from deepbandit.loop.environments import WheelEnvironment
+from deepbandit.loop.loop import LoopConfig, WheelConfig, run_loop
+
+
+def test_wheel_means_follow_the_paper():
+    env = WheelEnvironment(0.5, seed=0)
+    xy = np.array([[0.1, 0.1], [0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]])
+    means = env.means(xy)
+    np.testing.assert_array_equal(means[0], [1.0, 1.0, 1.0, 1.0, 1.2])  # inside delta: arm 5 is best
+    for row, arm in zip(range(1, 5), range(4), strict=True):  # outside: the quadrant's arm pays 50
+        expected = np.array([1.0, 1.0, 1.0, 1.0, 1.2])
+        expected[arm] = 50.0
+        np.testing.assert_array_equal(means[row], expected)
+
+
+def test_wheel_rewards_are_noisy_bounded_and_common():
+    env = WheelEnvironment(0.9, seed=3)
+    requests = env.next_requests(4000)
+    xy = requests.table.column("member_features").combine_chunks().flatten().to_numpy().reshape(-1, 2)
+    assert (np.hypot(xy[:, 0], xy[:, 1]) <= 1).all()
+    q = env.expected_rewards(requests)
+    actions = np.random.default_rng(0).integers(0, 5, len(requests))
+    r = env.sample_rewards(requests, actions)
+    assert ((r >= 0) & (r <= 1)).all()
+    np.testing.assert_array_equal(r, env.sample_rewards(requests, actions))  # a function of request and arm
+    noise = (r - q[np.arange(len(r)), actions]) * env.scale
+    # sd 0.01 noise: the sample sd lies within 5 standard errors (sd * sqrt(2 / n)) of it
+    assert abs(noise.std() - 0.01) < 5 * 0.01 * np.sqrt(2 / len(r))
+    with pytest.raises(ConfigError, match="leave"):
+        WheelEnvironment(0.5, noise=0.1)
+
+
+def test_wheel_loop_reports_normalised_regret(tmp_path):
+    cfg = LoopConfig(
+        environment="wheel", wheel=WheelConfig(delta=0.5), n_rounds=5, requests_per_round=200,
+        agents=["random", "linucb"], progress=False, plots=False, keep_logs=False,
+    )  # fmt: skip
+    result = run_loop(cfg, out_dir=tmp_path)
+    random, linucb = result["agents"]["random"], result["agents"]["linucb"]
+    # random's regret is the uniform policy's by definition (expected rewards, 1,000 requests: about 2%
+    # standard error), and a linear learner finds the quadrant arms within a few rounds
+    assert abs(random["normalized_regret"] - 100) < 10
+    assert linucb["normalized_regret"] < 60
+    assert linucb["decisions_per_s"] > 0
+
+
+class _Loud:
+    """blobs with rewards 2: outside [0, 1]."""
+
+    def __init__(self, declared=None):
+        self.env = blobs()
+        if declared is not None:
+            self.reward_range = declared
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def sample_rewards(self, requests, actions):
+        return 2.0 * self.env.sample_rewards(requests, actions) + 0.5
+
+
+def test_rewards_outside_the_range_are_refused(tmp_path):
+    cfg = LoopConfig(n_rounds=1, requests_per_round=20, agents=["random"], progress=False, plots=False)
+    with pytest.raises(
+        DataError, match=r"round 1, request \d+ \(agent random\): reward .* outside .*\[0, 1\]"
+    ):
+        run_loop(cfg, env=_Loud(), out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="reward_range .* is not inside"):
+        run_loop(cfg, env=_Loud(declared=(0.0, 50.0)), out_dir=tmp_path)
+
+
+def test_fit_steps_is_the_same_steps_run_by_hand():
+    from deepbandit.data.tensors import table_to_batch
+    from deepbandit.loop.agents import DeepAgentsConfig, Featurizer
+    from deepbandit.models.encoders import ImageEmbeddingLookup
+    from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
+    from deepbandit.policies import EpsilonGreedy
+    from deepbandit.training.fit import OptimConfig, TrainingStep, fit_steps, make_optimizer
+
+    env = WheelEnvironment(0.5, seed=1)
+    requests = env.next_requests(300)
+    featurizer = Featurizer(env, requests)
+    decisions = EpsilonGreedy(1.0).decide(
+        np.zeros(requests.mask.shape), requests.mask, rng=np.random.default_rng(0)
+    )
+    data = featurizer.logged(requests, decisions, env.sample_rewards(requests, decisions.action))
+    keys = torch.from_numpy(requests.row_key)
+    cfg = featurizer.model_config(DeepAgentsConfig().model)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_scorer(cfg, UncertaintyConfig(), featurizer.title_genres)
+        step = TrainingStep(
+            model, ImageEmbeddingLookup(featurizer.image_embedding), DeepAgentsConfig().loss.objective()
+        )
+        return model, step, make_optimizer(model, OptimConfig(lr=0.01))
+
+    model_a, step_a, opt_a = fresh()
+    fit_steps(step_a, opt_a, data, keys, steps=5, batch_size=64, generator=torch.Generator().manual_seed(7))
+    model_b, step_b, opt_b = fresh()
+    model_b.train()
+    g = torch.Generator().manual_seed(7)
+    for _ in range(5):
+        rows = torch.randint(len(data), (64,), generator=g)
+        loss = step_b(data[rows], keys[rows])["loss"]
+        opt_b.zero_grad()
+        loss.backward()
+        opt_b.step()
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert table_to_batch  # the logged round is in the log contract's tensors
