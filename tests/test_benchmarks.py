@@ -44,7 +44,28 @@ def test_bench_train_times_every_case_in_its_own_process(tmp_path):
         ("bench_data.py", ["--sizes", "1000"], "runs"),
         ("bench_evaluation.py", ["--rows", "5000", "--n-bootstrap", "3"], "results"),
         ("bench_serving.py", ["--sizes", "1", "16", "--seconds", "0.05", "--no-gpu"], "cpu"),
+        (
+            "bench_wheel.py",
+            [
+                "--n",
+                "200",
+                "--requests-per-round",
+                "100",
+                "--deltas",
+                "0.5",
+                "--seeds",
+                "0",
+                "--agents",
+                "random",
+                "linucb",
+                "deep_greedy",
+                "--steps-per-round",
+                "2",
+            ],
+            "runs",
+        ),
     ],
 )
 def test_other_benchmarks_run_and_record_the_machine(tmp_path, script, args, key):
-    assert _run(script, tmp_path / "b.json", *args)[key]
+    extra = ["--work", str(tmp_path / "work")] if script == "bench_wheel.py" else []
+    assert _run(script, tmp_path / "b.json", *args, *extra)[key]
