@@ -284,8 +284,10 @@ class Featurizer:
         self.vocabs = FeatureVocabs.build(first.table, images=images, titles=env.titles_table())
         self.image_embedding = ImageTable.from_table(images, self.vocabs.image).embedding
         self.title_genres = title_genre_matrix(env.titles_table(), self.vocabs)
-        self.numpy_vocabs = {n: getattr(self.vocabs, n) for n in FeatureVocabs.NAMES}
-        self.image_index = ImageIndex(self.numpy_vocabs["image"])
+        self.vocab_by_name = {
+            n: getattr(self.vocabs, n) for n in FeatureVocabs.NAMES
+        }  # as build_inputs takes them
+        self.image_index = ImageIndex(self.vocabs.image)
         self.member_features_dim = env.member_features_dim
         self.max_history = max_history
 
@@ -301,7 +303,7 @@ class Featurizer:
             batch = from_arrow(requests.table, self.member_features_dim)
             graph = build_inputs(
                 batch,
-                self.numpy_vocabs,
+                self.vocab_by_name,
                 self.image_index,
                 self.image_embedding.numpy(),
                 input_names,
