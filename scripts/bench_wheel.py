@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from machine import machine
+from omegaconf import OmegaConf
 
 from deepbandit.loop.loop import LoopConfig, WheelConfig, run_loop
 from deepbandit.loop.vw_agent import vw_available
@@ -44,6 +45,10 @@ def run(delta: float, seed: int, args) -> dict:
     cfg.deep.serve = "onnx" if args.onnx else "torch"
     cfg.deep.steps_per_round = args.steps_per_round
     cfg.deep.optim.lr = args.lr
+    if args.set:  # loop config overrides, as on the command line (typed: a misspelt key fails)
+        cfg = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(args.set))
+        )
     started = time.perf_counter()
     result = run_loop(cfg, out_dir=Path(args.work) / f"d{delta}-s{seed}")
     return {
@@ -71,6 +76,13 @@ def main() -> None:
     p.add_argument("--requests-per-round", type=int, default=500)
     p.add_argument("--steps-per-round", type=int, default=50)
     p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loop config overrides, e.g. deep.posteriors.neural_linear.noise_variance=0.1",
+    )
     p.add_argument("--onnx", action="store_true", help="serve the deep agents through ONNX export")
     p.add_argument("--work", default="/tmp/bench_wheel")
     p.add_argument("--out", default="benchmarks/wheel.json")

@@ -32,8 +32,9 @@ from deepbandit.data.tensors import ImageTable, ImpressionBatch, table_to_batch,
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError
 from deepbandit.loop.environments import Environment, Requests, impressions_table
+from deepbandit.losses.objectives import reward_targets
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig
+from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig, model_inputs
 from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer, capabilities, check_uncertainty
 from deepbandit.policies import Decisions, EpsilonGreedy, Thompson, sample_actions
 from deepbandit.policies.config import PolicyConfig
@@ -188,26 +189,38 @@ class LinUCB:
 
 @dataclass
 class DeepAgentsConfig:
-    """The deep agents ``deep_<policy>``: the network, uncertainty, loss and policies come from the same
-    config groups as ``deepbandit train`` (conf/model, conf/uncertainty, conf/loss, conf/policy), the
-    optimiser is trainer's (``OptimConfig``) and the step is training's (``deepbandit.training.fit``).
+    """The deep agents: the network, uncertainty, loss and policies come from the same config groups as
+    ``deepbandit train`` (conf/model, conf/uncertainty, conf/loss, conf/policy), the optimiser is trainer's
+    (``OptimConfig``) and the step is training's (``deepbandit.training.fit``).
 
-    An agent whose policy samples a posterior (thompson) uses ``uncertainty``; the others train one
-    network. Each retrain runs ``epochs`` passes over everything the agent logged, continuing from the
-    previous weights and optimiser state (warm start). serve: "onnx" (export after every retrain and
-    decide through ``ArtworkService``: the real hand-off) or "torch" (the torch model on the same
-    features; faster, for tests and sweeps).
+    Agent ``deep_<policy>`` decides with ``policies[<policy>]``: a policy that samples a posterior
+    (thompson) samples ``uncertainty``, the others train one network. Agent ``deep_<posterior>`` does
+    Thompson sampling (``policies.thompson``) from ``posteriors[<posterior>]``, so several posteriors run
+    side by side (``deep_neural_linear``, ``deep_randomised_prior``). Each retrain continues from the
+    previous weights and optimiser state (warm start): ``epochs`` passes over everything the agent logged,
+    or ``steps_per_round`` minibatch steps drawn from it. A neural-linear posterior (a conjugate Bayesian
+    last layer) is updated exactly after every round and refitted on the whole log after each retrain,
+    when its features have moved. serve: "onnx" (export after every retrain and decide through
+    ``ArtworkService``: the real hand-off) or "torch" (the torch model on the same features; faster, for
+    tests and sweeps).
     """
 
     # The defaults are conf/loop.yaml's choices (model=small, uncertainty=ensemble with 3 members and no
-    # prior, loss=reward, the four policies, lr 0.003, batch 512), so LoopConfig() in Python runs the CLI's
-    # loop; tests/loop/test_loop.py checks that the two agree.
+    # prior, loss=reward, the four policies, the two posteriors, lr 0.003, batch 512), so LoopConfig() in
+    # Python runs the CLI's loop; tests/loop/test_loop.py checks that the two agree.
     model: ModelGroupConfig = field(
         default_factory=lambda: ModelGroupConfig(hidden=64, tower_dim=32, head_dim=64, id_dim=16)
     )
-    # deep agents whose policy samples a posterior (thompson); bootstrap seeds add the agent's seed
+    # deep_thompson's posterior; bootstrap seeds add the agent's seed
     uncertainty: UncertaintyConfig = field(
         default_factory=lambda: UncertaintyConfig(kind="ensemble", n_members=3, prior_scale=0.0)
+    )
+    # agent deep_<name> samples posteriors[<name>] (conf/uncertainty/<kind>.yaml) with policies.thompson
+    posteriors: dict[str, UncertaintyConfig] = field(
+        default_factory=lambda: {
+            "neural_linear": UncertaintyConfig(kind="neural_linear"),
+            "randomised_prior": UncertaintyConfig(kind="ensemble", n_members=3, prior_scale=1.0),
+        }
     )
     loss: LossConfig = field(default_factory=LossConfig)
     # agent deep_<name> decides with policies[<name>] (conf/policy/<name>.yaml)
@@ -225,25 +238,35 @@ class DeepAgentsConfig:
     # update, whose cost does not grow with the log; null: epochs full passes
     steps_per_round: int | None = None
     warmup_rounds: int = 1  # rounds served uniformly at random before the first model
-    retrain_every: int = 1  # rounds between retrains (warm start, on everything logged so far)
+    # rounds between retrains of the network (a neural-linear last layer is updated every round)
+    retrain_every: int = 1
     serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
     # torch threads while training: these small networks train several times faster on one thread than
     # on oversubscribed cores (0: leave torch's setting)
     threads: int = 1
     max_history: int = 32  # most recent played titles the model reads per request
 
+    def agent_names(self) -> list[str]:
+        return [f"deep_{name}" for name in [*self.policies, *self.posteriors]]
+
     def policy(self, agent: str) -> PolicyConfig:
         """The policy of agent ``deep_<name>``; ConfigError if there is none."""
         name = agent.removeprefix("deep_")
+        if name in self.posteriors:
+            return self.policies.get("thompson", PolicyConfig(name="thompson"))
         if name not in self.policies:
             raise ConfigError(
-                f"loop agent {agent!r}: no policy deep.policies.{name}; deep agents are "
-                f"{', '.join('deep_' + p for p in self.policies)}"
+                f"loop agent {agent!r}: no policy deep.policies.{name} and no posterior deep.posteriors.{name}; "
+                f"deep agents are {', '.join(self.agent_names())}"
             )
         return self.policies[name]
 
-    def uncertainty_of(self, policy: PolicyConfig) -> UncertaintyConfig:
-        return self.uncertainty if policy.name == "thompson" else UncertaintyConfig(kind="none")
+    def uncertainty_of(self, agent: str) -> UncertaintyConfig:
+        """The posterior agent ``deep_<name>`` samples (none for a policy that samples none)."""
+        name = agent.removeprefix("deep_")
+        if name in self.posteriors:
+            return self.posteriors[name]
+        return self.uncertainty if self.policy(agent).name == "thompson" else UncertaintyConfig(kind="none")
 
     def check(self, agent: str) -> None:
         """Refuse an agent that cannot work, before the loop starts."""
@@ -256,17 +279,26 @@ class DeepAgentsConfig:
         for name in ("epochs", "retrain_every", "max_history"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loop config: deep.{name} must be >= 1, got {getattr(self, name)}")
+        both = sorted(set(self.policies) & set(self.posteriors))
+        if both:
+            raise ConfigError(
+                f"loop config: deep.policies and deep.posteriors both name {', '.join(both)}; agent deep_<name> "
+                "must mean one of them"
+            )
         policy = self.policy(agent)
-        unc = self.uncertainty_of(policy)
+        unc = self.uncertainty_of(agent)
         check_uncertainty(unc, self.model.dropout, self.model.last_layer_dropout)
         offers = capabilities(unc)
-        if policy.name == "thompson" and not offers.posterior_in_training:
-            raise ConfigError(
-                f"loop agent {agent}: thompson needs deep.uncertainty with a posterior, got {unc.kind}"
-            )
+        where = (
+            f"deep.posteriors.{agent.removeprefix('deep_')}"
+            if agent.removeprefix("deep_") in self.posteriors
+            else "deep.uncertainty"
+        )
+        if policy.name == "thompson" and offers.posterior == "none":
+            raise ConfigError(f"loop agent {agent}: thompson needs {where} with a posterior, got {unc.kind}")
         if policy.name == "thompson" and self.serve == "onnx" and not offers.exported_posterior:
             raise ConfigError(
-                f"loop agent {agent}: deep.uncertainty={unc.kind} is not served through ONNX (ensembles are); "
+                f"loop agent {agent}: {where}={unc.kind} is not served through ONNX (ensembles are); "
                 "use deep.serve=torch"
             )
         policy.build(offers.thompson_kind)
@@ -346,11 +378,13 @@ class DeepAgent:
         self.policy_cfg = cfg.policy(name)
         self.featurizer = featurizer
         self.model_cfg = featurizer.model_config(cfg.model)
-        unc = cfg.uncertainty_of(self.policy_cfg)
+        unc = cfg.uncertainty_of(name)
         self.unc_cfg = replace(unc, bootstrap_seed=unc.bootstrap_seed + seed)
         offers = capabilities(self.unc_cfg)
         self.policy = self.policy_cfg.build(offers.thompson_kind)
         self.samples = self.policy.input_ndim == 3  # decides on posterior draws
+        self.sampled = offers.posterior == "sampled"  # draws need random numbers (not every member once)
+        self.conjugate = offers.conjugate_last_layer
         n = self.policy_cfg.n_samples
         self.n_draws = n if n is not None else offers.posterior_draws
         torch.manual_seed(seed)
@@ -399,13 +433,16 @@ class DeepAgent:
         with torch.no_grad(), _threads(self.cfg.threads):
             x = ModelInputs(**{k: torch.from_numpy(v) for k, v in feeds.items()})
             if self.samples:
-                scores = self.model.posterior_samples(x, self.n_draws).numpy()  # (B, S, A)
+                # sampled posteriors draw from the round's own stream, so a run is reproducible
+                generator = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.sampled else None
+                scores = self.model.posterior_samples(x, self.n_draws, generator).numpy()  # (B, S, A)
             else:
                 scores = self.model(x).numpy()
         return self.policy.decide(scores, requests.mask, rng=rng)
 
     def learn(self, requests: Requests, decisions: Decisions, rewards: np.ndarray) -> None:
-        self.logged.append(self.featurizer.logged(requests, decisions, rewards))
+        batch = self.featurizer.logged(requests, decisions, rewards)
+        self.logged.append(batch)
         self.row_keys.append(requests.row_key)
         self.rounds += 1
         if (
@@ -413,6 +450,24 @@ class DeepAgent:
             and (self.rounds - self.cfg.warmup_rounds) % self.cfg.retrain_every == 0
         ):
             self.retrain()
+        elif self.conjugate and self.trained:
+            # the last layer learns every round in closed form (exact: the features have not moved)
+            t0 = time.perf_counter()
+            self.fit_posterior(batch)
+            self.train_seconds += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def fit_posterior(self, data: ImpressionBatch, chunk: int = 8192) -> None:
+        """Add ``data``'s observed rows to the conjugate last layer (the training step's labels)."""
+        self.model.eval()
+        with _threads(self.cfg.threads):
+            for lo in range(0, len(data), chunk):
+                part = data[torch.arange(lo, min(lo + chunk, len(data)))]
+                rows = part.reward_observed.nonzero().squeeze(1)
+                if len(rows) < len(part):
+                    part = part[rows]
+                target = reward_targets(part.reward, self.step.transform, self.step.threshold)
+                self.model.update_posterior(model_inputs(part, self.step.lookup), part.action, target)
 
     def retrain(self) -> None:
         t0 = time.perf_counter()
@@ -431,6 +486,9 @@ class DeepAgent:
                           batch_size=self.cfg.optim.batch_size, generator=generator,
                           gradient_clip_val=self.cfg.optim.gradient_clip_val)  # fmt: skip
         self.model.eval()
+        if self.conjugate:  # the features moved: refit the last layer on everything logged
+            self.model.reset_posterior()
+            self.fit_posterior(data)
         self.trained = True
         self.train_seconds += time.perf_counter() - t0
         if self.cfg.serve == "onnx":

@@ -44,7 +44,7 @@ from deepbandit.sim.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
-# deep_<name> for every policy of deep.policies
+# and deep_<name> for every policy of deep.policies and every posterior of deep.posteriors
 BASELINE_AGENTS = ("random", "unpersonalised_ts", "linucb", "vw")
 DEFAULT_AGENTS = (
     "random",
@@ -77,7 +77,8 @@ class LoopConfig:
     start_date: str = "2024-01-01"  # artwork: UTC midnight of the first day (YYYY-MM-DD)
     n_rounds: int = 10  # rounds; every agent decides a round's requests, then learns from them
     requests_per_round: int = 4000  # requests per round, the same ones for every agent
-    # baselines (random, unpersonalised_ts, linucb, vw) and deep_<policy> for a policy of deep.policies
+    # baselines (random, unpersonalised_ts, linucb, vw), deep_<policy> for a policy of deep.policies and
+    # deep_<posterior> (Thompson sampling) for a posterior of deep.posteriors
     agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
     ts_samples: int = 32  # posterior draws per request of the unpersonalised Thompson bandit
     linucb_alpha: float = 0.5  # linucb: weight alpha of the confidence width in the score
@@ -97,7 +98,7 @@ class LoopConfig:
                 f"loop config: environment must be one of {tuple(ENVIRONMENT_FACTORIES)}, "
                 f"got {self.environment!r} (a user's own environment is passed to run_loop(cfg, env=...))"
             )
-        known = [*BASELINE_AGENTS, *(f"deep_{p}" for p in self.deep.policies)]
+        known = [*BASELINE_AGENTS, *self.deep.agent_names()]
         unknown = [a for a in self.agents if a not in known and not a.startswith("deep_")]
         if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
             raise ConfigError(f"loop config: agents must be distinct names among {known}, got {self.agents}")

@@ -81,12 +81,34 @@ def shown(values: Tensor, action: Tensor) -> Tensor:
     return values.gather(2, action.view(-1, 1, 1).expand(-1, values.shape[1], 1)).squeeze(2)
 
 
-def reward_loss_per_sample(logits: Tensor, action: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy of the shown candidate's logit against the label: (B, K), unreduced."""
+def _cross_entropy(logit: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+
+
+def _squared(logit: Tensor, target: Tensor) -> Tensor:
+    return (torch.sigmoid(logit) - target).square()
+
+
+def _huber(logit: Tensor, target: Tensor) -> Tensor:
+    # delta 0.1 on the reward scale: quadratic for small errors, linear beyond (robust to rare large rewards)
+    return F.huber_loss(torch.sigmoid(logit), target, reduction="none", delta=0.1)
+
+
+# per-sample regression of the shown candidate's expected reward sigmoid(logit) on its label: (B, K)
+REWARD_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": _cross_entropy,  # Bernoulli (or soft) labels: the log-likelihood of a quality play
+    "squared": _squared,  # real-valued rewards: squared error of the expected reward
+    "huber": _huber,  # real-valued rewards with outliers
+}
+
+
+def reward_loss_per_sample(
+    logits: Tensor, action: Tensor, target: Tensor, kind: str = "cross_entropy"
+) -> Tensor:
+    """The reward loss ``kind`` (``REWARD_LOSSES``) of the shown candidate's logit against the label:
+    (B, K), unreduced."""
     logit = shown(_members(logits), action)
-    return F.binary_cross_entropy_with_logits(
-        logit, target.float().unsqueeze(1).expand_as(logit), reduction="none"
-    )
+    return REWARD_LOSSES[kind](logit, target.float().unsqueeze(1).expand_as(logit))
 
 
 def policy_probabilities(logits: Tensor, candidate_mask: Tensor, temperature: float = 1.0) -> Tensor:
@@ -112,8 +134,11 @@ def weighted_mean(values: Tensor, weights: Tensor, n_rows: Tensor | int, per_mem
 
 @dataclass
 class ObjectiveConfig:
-    """Loss options. ``name``: key of ``OBJECTIVES``: "reward" (cross-entropy only), "ips",
-    "snips" or "dr" (cross-entropy * reward_weight + policy loss * policy_weight).
+    """Loss options. ``name``: key of ``OBJECTIVES``: "reward" (the reward regression only), "ips",
+    "snips" or "dr" (reward loss * reward_weight + policy loss * policy_weight). ``reward_loss``: key of
+    ``REWARD_LOSSES``, the regression of the shown image's expected reward sigmoid(logit) on its label:
+    "cross_entropy" for Bernoulli rewards (quality plays), "squared" or "huber" for real-valued rewards
+    in [0, 1] (an environment's rewards scaled into its declared range).
 
     clip / self_normalise: see ``importance_weights``. importance_weight_reward: also weight the reward
     regression by the importance weights, or not (the default: the direct method). The model predicts the
@@ -126,19 +151,25 @@ class ObjectiveConfig:
     validate: check inputs every call (syncs; for debugging and the first batch).
     """
 
-    name: str = "reward"  # reward (cross-entropy only) | ips | snips | dr (cross-entropy + policy term)
+    name: str = "reward"  # reward (reward loss only) | ips | snips | dr (reward loss + policy term)
+    # the reward regression: cross_entropy (Bernoulli or soft labels) | squared | huber (real-valued rewards)
+    reward_loss: str = "cross_entropy"
     clip: float | None = None  # cap on the importance weights (>= 1); None: uncapped
     self_normalise: bool = False  # divide the importance weights by their batch mean
     # true: weight the reward regression by the (clipped) importance weights too
     importance_weight_reward: bool = False
     temperature: float = 1.0  # ips, snips, dr: temperature of the softmax policy they train; > 0
-    reward_weight: float = 1.0  # weight of the cross-entropy term in the loss
+    reward_weight: float = 1.0  # weight of the reward loss in the loss
     policy_weight: float = 1.0  # ips, snips, dr: weight of the policy term in the loss
     validate: bool = False  # check the loss inputs on every call (host syncs; for debugging)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.name!r}; choose one of {sorted(OBJECTIVES)}")
+        if self.reward_loss not in REWARD_LOSSES:
+            raise ConfigError(
+                f"unknown reward_loss {self.reward_loss!r}; choose one of {sorted(REWARD_LOSSES)}"
+            )
         if self.clip is not None and not self.clip >= 1:
             raise ConfigError(f"ObjectiveConfig.clip must be >= 1 or None, got {self.clip}")
         if not self.temperature > 0:
@@ -168,7 +199,7 @@ class LossInputs:
 
 
 def _reward_parts(x: LossInputs) -> dict[str, Tensor]:
-    per_sample = reward_loss_per_sample(x.logits, x.action, x.target)
+    per_sample = reward_loss_per_sample(x.logits, x.action, x.target, x.cfg.reward_loss)
     weights = x.importance if x.cfg.importance_weight_reward else x.bootstrap
     reward_loss = weighted_mean(per_sample, weights, x.n_rows)
     return {"loss": x.cfg.reward_weight * reward_loss, "reward_loss": reward_loss}

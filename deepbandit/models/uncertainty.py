@@ -274,13 +274,32 @@ class BayesianLinearRegression(nn.Module):
         return self.mean + eps @ self.cov_factor.T
 
 
+def irls_weights(eta: Tensor, target: Tensor) -> Tensor:
+    """Curvatures (B,) for one IRLS step of logistic regression from logits eta (B,) toward labels (B,) in [0, 1].
+
+    The Newton step's curvature p (1 - p) at the current logit vanishes where the network is confident,
+    so a row whose label lies on the flat side (a soft label 0.998 predicted 0.99999, or a confidently
+    wrong 0/1 label) gets a step of many logits past its own optimum logit(label): one such row can carry
+    a whole posterior past every other arm. Taking the larger of p (1 - p) and the secant slope
+    (label - p) / (logit(label) - eta) bounds every row's step by the distance to its optimum; where the
+    prediction is not past the label in a flat region (most rows, and every row of an untrained network)
+    this is the plain Laplace / Newton step.
+    """
+    p, q = torch.sigmoid(eta), torch.sigmoid(-eta)
+    curvature = p * q  # a product, so it stays > 0 where 1 - p would round to 0
+    gap = torch.logit(target.clamp(1e-6, 1 - 1e-6)) - eta
+    secant = (target - p) / torch.where(gap.abs() > 1e-9, gap, 1.0)
+    return torch.maximum(curvature, torch.where(gap.abs() > 1e-9, secant, curvature))
+
+
 class NeuralLinearScorer(nn.Module):
     """Neural-linear (Riquelme, Tucker & Snoek 2018): Bayesian regression on the network's last hidden layer.
 
     Rewards are binary or graded in [0, 1], so the regression is on the **logit scale**: the posterior is
     the Laplace approximation of Bayesian logistic regression on the last-layer features phi (with a bias
     column), written as a weighted linear regression (one IRLS step): weights c = p (1 - p) and working
-    targets z = eta + (r - p) / c at the network's own logit eta = phi^T w_net, p = sigmoid(eta). The prior
+    targets z = eta + (r - p) / c at the network's own logit eta = phi^T w_net, p = sigmoid(eta), with c
+    raised where that step would pass the row's own optimum (``irls_weights``). The prior
     is N(w_net, alpha^-1 I), centred on the trained last layer, so before any update the posterior mean
     reproduces ``forward`` and, after one, it is one Newton step from the trained layer. noise_variance
     sigma^2 = 1 is the exact Laplace approximation; larger values widen the posterior (tempering).
@@ -312,7 +331,7 @@ class NeuralLinearScorer(nn.Module):
     @staticmethod
     def offers(u: UncertaintyConfig) -> Capabilities:
         # the head is fitted after training, so validation has no draws from it
-        return Capabilities(posterior="sampled", posterior_draws=u.n_samples)
+        return Capabilities(posterior="sampled", posterior_draws=u.n_samples, conjugate_last_layer=True)
 
     def member_logits(self, inputs: Inputs) -> Tensor:
         return self.net.member_logits(inputs)
@@ -339,9 +358,8 @@ class NeuralLinearScorer(nn.Module):
         logits, phi = self._features(inputs)
         rows = torch.arange(action.shape[0], device=action.device)
         eta = logits[rows, action].double()
-        p, q = torch.sigmoid(eta), torch.sigmoid(-eta)
-        c = p * q  # computed as a product so it stays > 0 where 1 - p would round to 0
-        self.blr.accumulate(phi[rows, action], c, c * eta + reward.double() - p)
+        c = irls_weights(eta, reward.double())
+        self.blr.accumulate(phi[rows, action], c, c * eta + reward.double() - torch.sigmoid(eta))
 
     def posterior_samples(
         self, inputs: Inputs, n_samples: int | None = None, generator: torch.Generator | None = None

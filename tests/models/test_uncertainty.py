@@ -19,6 +19,7 @@ from deepbandit.models.uncertainty import (
     NeuralLinearScorer,
     UncertaintyConfig,
     build_scorer,
+    irls_weights,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -239,6 +240,26 @@ def test_neural_linear_update_is_one_newton_step_of_last_layer_logistic_regressi
     newton = w0 + np.linalg.solve(hessian, gradient)
     np.testing.assert_allclose(model.blr.mean.numpy(), newton, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.blr.covariance().numpy(), np.linalg.inv(hessian), rtol=1e-3, atol=1e-6)
+
+
+def test_neural_linear_step_never_passes_a_confident_rows_own_optimum():
+    """A network predicting 0.99999 where the soft label is 0.998: the plain Newton step (curvature
+    p (1 - p) = 1e-5) would move that row's logit by about 190 past logit(0.998); the step lands on it."""
+    model, x = _neural_linear(prior_precision=1e-6), _inputs(b=1)
+    with torch.no_grad():
+        model.net.head.out.bias += 11.5 - model(x)[0, 0]  # candidate 0 predicted at logit 11.5
+    model.reset_posterior()
+    label = torch.tensor([0.998])
+    model.update_posterior(x, torch.zeros(1, dtype=torch.long), label)
+    _, phi = model._features(x)
+    moved = float(phi[0, 0] @ model.blr.mean)
+    assert abs(moved - float(torch.logit(label))) < 0.05, moved
+    # and for a 0/1 label the step is the Newton step (see the test above): irls_weights is p (1 - p)
+    eta = torch.tensor([-0.3, 0.2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        irls_weights(eta, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)),
+        torch.sigmoid(eta) * torch.sigmoid(-eta),
+    )
 
 
 def test_neural_linear_draws_tighten_with_data_and_reset_forgets():
