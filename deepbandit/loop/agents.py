@@ -43,6 +43,18 @@ from deepbandit.training.fit import OptimConfig, TrainingStep, fit_epochs, fit_s
 
 
 class Agent(Protocol):
+    """What ``run_loop`` needs of an agent (a user's own agent is any object with these members).
+
+    ``act`` decides a round's B requests with ``rng`` (the agent's own stream for that round, so a run is
+    reproducible) and returns ``Decisions``: ``action`` (B,) candidate positions, ``action_dist`` (B, A)
+    the distribution the action was drawn from (sums to 1 over the row's valid candidates
+    ``requests.mask``, 0 on padding), ``propensity`` (B,) = ``action_dist`` at the action, and
+    ``propensity_kind`` ("exact" or "mc_estimate:<M>"); the loop refuses anything else with the round and
+    request. ``learn`` receives the same requests, those decisions and their rewards (B,), once per round
+    after every agent has acted (batched, delayed feedback, as in production). An optional
+    ``describe() -> dict`` adds the agent's settings to loop.json's record of what ran.
+    """
+
     name: str
 
     def act(self, requests: Requests, rng: np.random.Generator) -> Decisions: ...
@@ -92,6 +104,13 @@ class UnpersonalisedThompson:
         self.beta = np.ones(n_images)
         self.n_samples = n_samples
         self.policy = Thompson("mc_dropout", min_propensity=min_propensity)  # kind only sets the label
+
+    def describe(self) -> dict:
+        return {
+            "prior": "Beta(1, 1)",
+            "n_samples": self.n_samples,
+            "min_propensity": self.policy.min_propensity,
+        }
 
     def act(self, requests: Requests, rng: np.random.Generator) -> Decisions:
         ids = np.maximum(requests.candidates, 0)
@@ -167,6 +186,15 @@ class LinUCB:
         self.b = np.zeros(p * d)
         self.inverse = np.linalg.inv(self.gram)
         self.theta = np.zeros(p * d)
+        self.ridge = ridge
+
+    def describe(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "ridge": self.ridge,
+            "n_features": len(self.theta),
+            "ties": "random, 1/k",
+        }
 
     def _phi(self, requests: Requests) -> np.ndarray:
         """(B, A, P * D) features."""
@@ -408,6 +436,22 @@ class DeepAgent:
         self.row_keys: list[np.ndarray] = []
         self.train_seconds = 0.0
         self.export_seconds = 0.0
+
+    def describe(self) -> dict:
+        """The settings this agent ran with (its policy, posterior, network, loss, optimiser, schedule)."""
+        return {
+            "policy": asdict(self.policy_cfg),
+            "uncertainty": asdict(self.unc_cfg),
+            "posterior_draws": self.n_draws if self.samples else None,
+            "model": asdict(self.model_cfg),
+            "loss": asdict(self.cfg.loss),
+            "optim": asdict(self.cfg.optim),
+            "update": {"steps_per_round": self.cfg.steps_per_round}
+            if self.cfg.steps_per_round
+            else {"epochs": self.cfg.epochs},
+            "conjugate_last_layer_every_round": self.conjugate,
+            **{k: getattr(self.cfg, k) for k in ("warmup_rounds", "retrain_every", "serve", "max_history")},
+        }
 
     def _bundle(self) -> ModelBundle:
         return ModelBundle.from_model(

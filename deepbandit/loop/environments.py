@@ -11,7 +11,7 @@ get the same reward, and agents are compared on the same noise as well as the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -126,6 +126,11 @@ def keyed_bernoulli(seed: int, requests: Requests, actions: np.ndarray, p: np.nd
     return (u < p).astype(np.float64)
 
 
+def _describe(self) -> dict:
+    """The environment's settings and reward range, for loop.json's record of what ran."""
+    return {**self.settings, "reward_range": list(getattr(self, "reward_range", (0.0, 1.0)))}
+
+
 class ArtworkEnvironment:
     """The simulated artwork world (``deepbandit.sim.world``) as a loop environment.
 
@@ -138,6 +143,7 @@ class ArtworkEnvironment:
 
     name = "artwork"
     member_features_dim = 0
+    describe = _describe
 
     def __init__(
         self,
@@ -150,6 +156,12 @@ class ArtworkEnvironment:
     ):
         if horizon < 1:
             raise ValueError(f"ArtworkEnvironment: horizon must be >= 1 request, got {horizon}")
+        self.settings = {
+            "world": asdict(world),
+            "horizon": horizon,
+            "n_days": n_days,
+            "start_date": start_date,
+        }
         config = SimulateConfig(
             world=world,
             logging_policy=LoggingPolicyConfig(name="uniform"),
@@ -211,6 +223,7 @@ class ClassificationEnvironment:
     """
 
     member_features_dim: int
+    describe = _describe
 
     def __init__(
         self, features: np.ndarray, labels: np.ndarray, *, name: str = "classification", seed: int = 0
@@ -229,6 +242,11 @@ class ClassificationEnvironment:
             raise ValueError(f"{name}: need at least 2 classes, got {len(self.classes)}")
         self.features, self.name = features, name
         self.member_features_dim = features.shape[1]
+        self.settings = {
+            "n_samples": len(features),
+            "n_features": features.shape[1],
+            "n_classes": len(self.classes),
+        }
         self.start_us = int(np.datetime64("2024-01-01", "us").astype(np.int64))
         self.reset(seed)
 
@@ -357,6 +375,7 @@ class WheelEnvironment(ClassificationEnvironment):
             )
         self.delta, self.noise, self.scale = float(delta), float(noise), float(scale)
         super().__init__(np.zeros((self.ARMS, 2)), np.arange(self.ARMS), name=f"wheel{delta:g}", seed=seed)
+        self.settings = {"delta": self.delta, "noise": self.noise, "scale": self.scale}
 
     def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
         radius = np.sqrt(rng.random(n))  # uniform in the disc

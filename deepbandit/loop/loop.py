@@ -24,6 +24,7 @@ import pyarrow as pa
 from deepbandit.atomic import write_text_atomic
 from deepbandit.errors import ConfigError, DataError
 from deepbandit.loop.agents import (
+    Agent,
     DeepAgent,
     DeepAgentsConfig,
     Featurizer,
@@ -40,6 +41,7 @@ from deepbandit.loop.environments import (
     impressions_table,
 )
 from deepbandit.loop.vw_agent import VowpalWabbitAgent, VWConfig, vw_available
+from deepbandit.policies import Decisions
 from deepbandit.sim.world import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -90,21 +92,24 @@ class LoopConfig:
     plots: bool = True  # write cumulative_regret.png and take_rate.png
     progress: bool = True  # show a progress bar over the rounds
 
-    def validate(self, own_environment: bool = False) -> None:
-        """Refuse settings that cannot run; ``own_environment``: the caller passes its environment, so
-        ``environment`` is not read."""
+    def validate(self, own_environment: bool = False, own_agents: bool = False) -> None:
+        """Refuse settings that cannot run; ``own_environment`` / ``own_agents``: the caller passes its
+        environment / agents, so ``environment`` / ``agents`` are not read."""
         if not own_environment and self.environment not in ENVIRONMENT_FACTORIES:
             raise ConfigError(
                 f"loop config: environment must be one of {tuple(ENVIRONMENT_FACTORIES)}, "
                 f"got {self.environment!r} (a user's own environment is passed to run_loop(cfg, env=...))"
             )
-        known = [*BASELINE_AGENTS, *self.deep.agent_names()]
+        known = [*AGENT_FACTORIES, *self.deep.agent_names()]
         unknown = [a for a in self.agents if a not in known and not a.startswith("deep_")]
-        if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
-            raise ConfigError(f"loop config: agents must be distinct names among {known}, got {self.agents}")
-        for agent in self.agents:
-            if agent.startswith("deep_"):
-                self.deep.check(agent)
+        if not own_agents:
+            if unknown or not self.agents or len(set(self.agents)) != len(self.agents):
+                raise ConfigError(
+                    f"loop config: agents must be distinct names among {known}, got {self.agents}"
+                )
+            for agent in self.agents:
+                if agent.startswith("deep_"):
+                    self.deep.check(agent)
         for name in ("n_rounds", "requests_per_round", "ts_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loop config: {name} must be >= 1, got {getattr(self, name)}")
@@ -167,8 +172,9 @@ def _vw(c: AgentContext):
     return None
 
 
-# name -> factory of the baseline agents (None: skipped); deep_<policy> agents are built from cfg.deep
-AGENT_FACTORIES: dict[str, Callable[[AgentContext], Any]] = {
+# name -> factory of a built-in agent (returning None: skipped, with a logged reason); deep_<name> agents
+# are built from cfg.deep. An entry added here is a name `agents=[...]` accepts.
+AGENT_FACTORIES: dict[str, Callable[[AgentContext], Agent | None]] = {
     "random": lambda c: RandomAgent(),
     "unpersonalised_ts": lambda c: UnpersonalisedThompson(
         int(np.asarray(c.env.images_table().column("image_id")).max()) + 1, c.cfg.ts_samples
@@ -176,34 +182,113 @@ AGENT_FACTORIES: dict[str, Callable[[AgentContext], Any]] = {
     "linucb": lambda c: LinUCB(c.env, c.devices, alpha=c.cfg.linucb_alpha),
     "vw": _vw,
 }
-assert set(AGENT_FACTORIES) == set(BASELINE_AGENTS)
+assert set(BASELINE_AGENTS) <= set(AGENT_FACTORIES)
 
 
-def make_agents(cfg: LoopConfig, env: Environment, first: Requests, work_dir: Path) -> list[Any]:
-    """The agents named in ``cfg.agents``, in that order; "vw" is skipped, with a logged note, when
-    ``vowpalwabbit`` does not import. The deep agents share one featurizer (vocabularies, features)."""
+def make_agents(
+    cfg: LoopConfig, env: Environment, first: Requests, work_dir: Path, names: list | None = None
+) -> tuple[list[Agent], dict[str, str]]:
+    """The agents of ``names`` (default ``cfg.agents``), in that order: a name is built from
+    ``AGENT_FACTORIES`` or ``cfg.deep``, an object following the ``Agent`` protocol is used as it is.
+    Returns the agents and the skipped ones with the reason ("vw" when ``vowpalwabbit`` does not import).
+    The deep agents share one featurizer (vocabularies, features)."""
     featurizer = None
-    agents: list[Any] = []
-    for k, name in enumerate(cfg.agents):
+    agents: list[Agent] = []
+    skipped: dict[str, str] = {}
+    for k, name in enumerate(cfg.agents if names is None else names):
         seed = cfg.seed * 101 + k
+        if not isinstance(name, str):
+            agents.append(name)
+            continue
         if name.startswith("deep_"):
             featurizer = featurizer or Featurizer(env, first, cfg.deep.max_history)
             agent = DeepAgent(name, featurizer, cfg.deep, seed, work_dir / "exports")
         else:
             agent = AGENT_FACTORIES[name](AgentContext(cfg, env, first, seed, work_dir))
-        if agent is not None:
+        if agent is None:
+            skipped[name] = "vowpalwabbit is not installed" if name == "vw" else "its factory returned None"
+        else:
             agents.append(agent)
-    return agents
+    return agents, skipped
 
 
-def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Path | None = None) -> dict:
+def check_agents(agents: list) -> None:
+    """Refuse a list of agents (names or objects) that the loop cannot run, before the first round:
+    each object must follow the ``Agent`` protocol, names must be distinct."""
+    names = []
+    for k, agent in enumerate(agents):
+        if isinstance(agent, str):
+            names.append(agent)
+            continue
+        missing = [m for m in ("act", "learn") if not callable(getattr(agent, m, None))]
+        name = getattr(agent, "name", None)
+        if missing or not isinstance(name, str) or not name:
+            raise ConfigError(
+                f"run_loop agents[{k}] ({type(agent).__name__}) does not follow the Agent protocol: it needs "
+                "a non-empty str `name` and methods act(requests, rng) -> Decisions and "
+                "learn(requests, decisions, rewards) (deepbandit.loop.agents.Agent)"
+            )
+        names.append(name)
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated or not names:
+        raise ConfigError(f"run_loop: agents must be distinct and at least one, got {names}")
+
+
+def check_decisions(agent: str, d: Decisions, requests: Requests, round_index: int) -> None:
+    """An agent's decisions must be what the log contract records: an action at a valid candidate, a
+    distribution over the row's valid candidates that sums to 1, and the propensity of the action in it.
+    A user's agent that breaks this gets one line naming the round, the request and what is wrong."""
+    b, a = requests.mask.shape
+    where = f"agent {agent}: round {round_index + 1}"
+    fields = {"action": (b,), "propensity": (b,), "action_dist": (b, a)}
+    got = {name: np.asarray(getattr(d, name, None)) for name in fields}
+    for name, shape in fields.items():
+        if got[name].shape != shape or got[name].dtype.kind not in "iuf":
+            raise DataError(
+                f"{where}: decisions.{name} must be a numeric array of shape {shape}, got "
+                f"{got[name].dtype} {got[name].shape}"
+            )
+    action, propensity, dist = got["action"], got["propensity"], got["action_dist"]
+
+    def refuse(bad: np.ndarray, what) -> None:
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{where}, request {row}: {what(row)} ({int(bad.sum())} such rows)")
+
+    refuse((action < 0) | (action >= a) | (action != np.round(action)),
+           lambda i: f"action {action[i]} is not a candidate position in [0, {a})")  # fmt: skip
+    rows, action = np.arange(b), action.astype(np.int64)
+    refuse(~requests.mask[rows, action], lambda i: f"action {action[i]} points at padding")
+    refuse(~np.isfinite(dist).all(axis=1) | (dist < 0).any(axis=1) | (dist * ~requests.mask).any(axis=1),
+           lambda i: f"action_dist {dist[i].tolist()} is not a distribution over the valid candidates")  # fmt: skip
+    total = dist.sum(axis=1)
+    refuse(np.abs(total - 1) > 1e-6, lambda i: f"action_dist sums to {total[i]!r}, not 1")
+    refuse(~((propensity > 0) & (np.abs(propensity - dist[rows, action]) <= 1e-9)),
+           lambda i: f"propensity {propensity[i]!r} is not action_dist at the action ({dist[i, action[i]]!r})")  # fmt: skip
+
+
+def run_loop(
+    cfg: LoopConfig,
+    env: Environment | None = None,
+    out_dir: str | Path | None = None,
+    agents: list[str | Agent] | None = None,
+) -> dict:
     """Run the loop; write ``loop.json`` (+ plots, + logs) to ``out_dir`` and return the same dict.
+
+    ``env``: a user's environment (the ``Environment`` protocol) instead of ``cfg.environment``.
+    ``agents``: instead of ``cfg.agents``, a list of built-in names and a user's agent objects (the
+    ``Agent`` protocol of ``deepbandit.loop.agents``), decided in that order on the same requests.
 
     Per agent (R rounds): ``regret`` (R,) per round (sum over requests), ``cumulative_regret`` (R,),
     ``take_rate`` (R,) mean sampled reward, ``expected_take_rate`` (R,) mean expected reward of the chosen
     images; per round ``oracle`` (R,) and ``random`` (R,) expected take rates.
     """
-    cfg.validate(own_environment=env is not None)
+    cfg.validate(own_environment=env is not None, own_agents=agents is not None)
+    if agents is not None:
+        check_agents(agents)
+        for name in agents:
+            if isinstance(name, str):
+                LoopConfig(agents=[name], deep=cfg.deep).validate(own_environment=True)
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = env if env is not None else make_environment(cfg)
@@ -216,8 +301,12 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     env.reset(cfg.seed)
     t0 = time.perf_counter()
     requests = env.next_requests(cfg.requests_per_round)
-    agents = make_agents(cfg, env, requests, out)
+    agents, skipped = make_agents(cfg, env, requests, out, agents)
+    for name, reason in skipped.items():
+        log.warning("agent %r skipped: %s", name, reason)
     names = [a.name for a in agents]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run_loop: agent names must be distinct, got {names}")
     stats = {n: {k: [] for k in ("regret", "take_rate", "expected_take_rate")} for n in names}
     oracle, random_value, seconds = [], [], dict.fromkeys(names, 0.0)
     logs: dict[str, list[pa.Table]] = {n: [] for n in names}
@@ -239,6 +328,7 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
                 t = time.perf_counter()
                 rng = np.random.default_rng([cfg.seed, 0xA6E7, k, r])
                 d = agent.act(requests, rng)
+                check_decisions(agent.name, d, requests, r)
                 rewards = env.sample_rewards(requests, d.action)
                 check_rewards(env, rewards, agent.name, r)
                 agent.learn(requests, d, rewards)
@@ -266,6 +356,7 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
         "agents": {},
         "seconds": {"total": time.perf_counter() - t0, "per_agent": seconds},
         "config": asdict(cfg),
+        "ran": what_ran(env, agents, skipped),
         "out_dir": str(out),
     }
     for agent in agents:
@@ -291,6 +382,35 @@ def run_loop(cfg: LoopConfig, env: Environment | None = None, out_dir: str | Pat
     payload = {k: v for k, v in result.items() if k != "logs"}
     write_text_atomic(out / "loop.json", json.dumps(payload, indent=2) + "\n")
     return result
+
+
+def describe(obj: Any) -> dict:
+    """What an object is, for loop.json: its class and, when it has one, its own ``describe()`` dict."""
+    entry = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    own = getattr(obj, "describe", None)
+    if callable(own):
+        entry.update(own())
+    return entry
+
+
+def what_ran(env: Environment, agents: list[Agent], skipped: dict[str, str]) -> dict:
+    """The environment and agents that actually ran (classes and resolved settings), those skipped and
+    why, and the versions of the packages involved."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("deepbandit", "numpy", "torch", "onnxruntime", "vowpalwabbit"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "environment": {"name": getattr(env, "name", type(env).__name__), **describe(env)},
+        "agents": {a.name: describe(a) for a in agents},
+        "skipped": skipped,
+        "versions": {"python": platform.python_version(), **versions},
+    }
 
 
 def plot_loop(result: dict, out: Path) -> list[Path]:

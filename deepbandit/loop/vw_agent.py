@@ -119,6 +119,9 @@ class VowpalWabbitAgent:
             dense = " ".join(f"e{k}:{v:.6g}" for k, v in enumerate(e.tolist()) if v != 0.0)
             self.action_lines[i] = f"|Image i={i} t={t} |Embedding {dense}"
 
+    def describe(self) -> dict:
+        return {"arguments": self.args}
+
     def _lines(self, requests: Requests) -> tuple[list[str], np.ndarray]:
         """Shared lines (B,) and the candidates' action lines (B, A) object (None on padding)."""
         if "vw_lines" in requests.cache:

@@ -164,3 +164,65 @@ def test_neural_linear_last_layer_holds_every_logged_row_after_each_round():
         for name, value in agent.model.blr.state_dict().items():
             torch.testing.assert_close(state[name], value, msg=f"round {k + 1}: {name}")
     assert agent.model.blr.n_seen.item() == 4 * 120
+
+
+class _GreedyMeans:
+    """A user's own agent: per-arm running means of the reward, greedy with 10% uniform exploration."""
+
+    name = "my_means"
+
+    def __init__(self, n_arms: int, exploration: float = 0.1):
+        self.sums, self.counts, self.exploration = np.zeros(n_arms), np.zeros(n_arms), exploration
+
+    def act(self, requests, rng):
+        from deepbandit.policies import EpsilonGreedy
+
+        ids = np.maximum(requests.candidates, 0)
+        means = self.sums[ids] / np.maximum(self.counts[ids], 1)
+        return EpsilonGreedy(self.exploration).decide(means, requests.mask, rng=rng)
+
+    def learn(self, requests, decisions, rewards):
+        arm = requests.candidates[np.arange(len(requests)), decisions.action]
+        np.add.at(self.sums, arm, rewards)
+        np.add.at(self.counts, arm, 1)
+
+    def describe(self):
+        return {"exploration": self.exploration}
+
+
+def test_a_users_own_agent_runs_next_to_built_in_ones(tmp_path):
+    import json
+
+    cfg = LoopConfig(
+        environment="wheel", n_rounds=3, requests_per_round=100, progress=False, plots=False,
+        keep_logs=True,
+    )  # fmt: skip
+    result = run_loop(cfg, out_dir=tmp_path, agents=["random", _GreedyMeans(5), "linucb"])
+    assert list(result["agents"]) == ["random", "my_means", "linucb"]
+    ran = json.loads((tmp_path / "loop.json").read_text())["ran"]
+    assert ran["agents"]["my_means"] == {"class": "test_wheel._GreedyMeans", "exploration": 0.1}
+    assert ran["agents"]["linucb"]["alpha"] == cfg.linucb_alpha
+    assert ran["environment"]["delta"] == 0.5 and ran["environment"]["reward_range"] == [0.0, 1.0]
+    assert ran["versions"]["numpy"] == np.__version__
+    assert (tmp_path / "logs" / "my_means.parquet").exists()
+
+
+class _Liar(_GreedyMeans):
+    name = "liar"
+
+    def act(self, requests, rng):
+        d = super().act(requests, rng)
+        d.propensity[7] = 0.5 * d.propensity[7]
+        return d
+
+
+def test_an_agent_that_logs_a_wrong_propensity_or_breaks_the_protocol_is_refused(tmp_path):
+    cfg = LoopConfig(environment="wheel", n_rounds=1, requests_per_round=20, progress=False, plots=False)
+    with pytest.raises(DataError, match=r"agent liar: round 1, request 7: propensity .* is not action_dist"):
+        run_loop(cfg, out_dir=tmp_path, agents=[_Liar(5)])
+    with pytest.raises(ConfigError, match=r"agents\[1\] \(object\) does not follow the Agent protocol"):
+        run_loop(cfg, out_dir=tmp_path, agents=["random", object()])
+    with pytest.raises(ConfigError, match="distinct"):
+        run_loop(cfg, out_dir=tmp_path, agents=[_GreedyMeans(5), _GreedyMeans(5)])
+    with pytest.raises(ConfigError, match="no policy deep.policies.nope"):
+        run_loop(cfg, out_dir=tmp_path, agents=["deep_nope"])
