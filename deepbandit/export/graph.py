@@ -98,9 +98,18 @@ def sample_inputs(bundle: ModelBundle, batch: int, candidates: int, history: int
 
 
 def export_graph(
-    bundle: ModelBundle, path: str | os.PathLike, *, fp16: bool = False, opset: int = OPSET
+    bundle: ModelBundle,
+    path: str | os.PathLike,
+    *,
+    fp16: bool = False,
+    opset: int = OPSET,
+    fold_constants: bool = True,
 ) -> Path:
-    """Write the ONNX graph of ``bundle`` (float32, or fp16 inside with float32 boundary) to ``path``."""
+    """Write the ONNX graph of ``bundle`` (float32, or fp16 inside with float32 boundary) to ``path``.
+
+    fold_constants False keeps every parameter and buffer as an initializer named ``model.<state_dict
+    key>`` with its own shape (folding merges some into derived constants), so a serving session can take
+    new weights without a new export (``OnnxSession.with_weights``; the closed loop does this)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = bundle.build_model()
@@ -128,6 +137,7 @@ def export_graph(
             output_names=outputs,
             dynamic_axes=dynamic,
             opset_version=opset,
+            do_constant_folding=fold_constants,
             dynamo=False,  # the legacy tracer: fast, and verified with dynamic axes (docs/models-and-losses.md)
         )
     return path

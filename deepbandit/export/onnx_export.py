@@ -81,6 +81,7 @@ def export_bundle(
     parity_batch_sizes: tuple[int, ...] = (1, 7, 512),
     parity_candidates: tuple[int, ...] = (1, 25, 64),
     max_history: int | None = None,
+    fold_constants: bool = True,
 ) -> ExportResult:
     """Export ``bundle`` to ``out_dir``: model.onnx (+ model_fp16.onnx), images.npy, manifest.json,
     optionally the Triton repository ``triton/<model_name>/``. Runs the parity check first and refuses
@@ -89,13 +90,14 @@ def export_bundle(
     policy: the serving policy, a PolicyConfig or its spec {"name": ..., **fields};
     None: the training run's (``bundle.meta["policy"]``, see :func:`serving_policy`), else greedy.
     max_history: history entries kept per request (default: bundle.meta or the contract's MAX_HISTORY).
+    fold_constants: see ``export_graph`` (False: the weights stay replaceable in a serving session).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy = serving_policy(bundle, policy)
     # an older manifest must not describe the files about to be replaced (nor survive a failed parity)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    files = {"model": export_graph(bundle, out / EXPORT_MODEL_FILE)}
+    files = {"model": export_graph(bundle, out / EXPORT_MODEL_FILE, fold_constants=fold_constants)}
     images = out / EXPORT_IMAGES_FILE
     with atomic_file(images) as sink:
         np.save(sink, bundle.image_embedding.numpy().astype(np.float32))

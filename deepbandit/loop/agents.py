@@ -269,6 +269,9 @@ class DeepAgentsConfig:
     # rounds between retrains of the network (a neural-linear last layer is updated every round)
     retrain_every: int = 1
     serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
+    # serve=onnx: a full export (trace, parity check, manifest) on the first retrain and every this many
+    # after it; in between, the served session takes the new weights as initializers (the same graph)
+    export_every: int = 10
     # torch threads while training: these small networks train several times faster on one thread than
     # on oversubscribed cores (0: leave torch's setting)
     threads: int = 1
@@ -304,7 +307,7 @@ class DeepAgentsConfig:
             raise ConfigError(
                 f"loop config: deep.steps_per_round must be >= 1 or null, got {self.steps_per_round}"
             )
-        for name in ("epochs", "retrain_every", "max_history"):
+        for name in ("epochs", "retrain_every", "max_history", "export_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"loop config: deep.{name} must be >= 1, got {getattr(self, name)}")
         both = sorted(set(self.policies) & set(self.posteriors))
@@ -436,6 +439,8 @@ class DeepAgent:
         self.row_keys: list[np.ndarray] = []
         self.train_seconds = 0.0
         self.export_seconds = 0.0
+        self.retrains, self.exports, self.refreshes = 0, 0, 0
+        self.graph = None  # the exported onnx.ModelProto that refresh() puts new weights into
 
     def describe(self) -> dict:
         """The settings this agent ran with (its policy, posterior, network, loss, optimiser, schedule)."""
@@ -451,6 +456,7 @@ class DeepAgent:
             else {"epochs": self.cfg.epochs},
             "conjugate_last_layer_every_round": self.conjugate,
             **{k: getattr(self.cfg, k) for k in ("warmup_rounds", "retrain_every", "serve", "max_history")},
+            **({"export_every": self.cfg.export_every} if self.cfg.serve == "onnx" else {}),
         }
 
     def _bundle(self) -> ModelBundle:
@@ -537,21 +543,64 @@ class DeepAgent:
         self.train_seconds += time.perf_counter() - t0
         if self.cfg.serve == "onnx":
             t1 = time.perf_counter()
-            self.export()
+            if self.service is None or self.retrains % self.cfg.export_every == 0:
+                self.export()
+            else:
+                self.refresh()
             self.export_seconds += time.perf_counter() - t1
+        self.retrains += 1
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        # the exported graph wraps the scorer as ExportModule.model (unfolded initializers: "model.<key>")
+        return {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
 
     def export(self) -> None:
         """Export the current weights with ``deepbandit.export`` and load them in an ``ArtworkService``."""
+        import onnx
+
         from deepbandit.export.onnx_export import export_bundle
         from deepbandit.serving import ArtworkService
 
         out = self.work_dir / self.name / f"round-{self.rounds:04d}"
-        export_bundle(
+        result = export_bundle(
             self._bundle(),
             out,
             policy=self.policy_cfg,
             parity_batch_sizes=(7,),
             parity_candidates=(5,),
             max_history=self.featurizer.max_history,
+            fold_constants=False,
         )
         self.service = ArtworkService.from_dir(out, providers=["CPUExecutionProvider"])
+        self.graph = onnx.load(result.files["model"])
+        self.exports += 1
+
+    def refresh(self) -> None:
+        """Serve the current weights in the exported graph without exporting it again: every initializer
+        of the graph is replaced by the weight of the same name (shape and dtype checked; the export keeps
+        them unfolded) and a session is built from the result, so the service computes exactly the torch
+        model (tests/loop/test_wheel.py checks the scores against torch). Overriding initializers through
+        onnxruntime's ``SessionOptions.add_initializer`` is not enough: its constant folding still reads
+        the stored values."""
+        from onnx import numpy_helper
+
+        from deepbandit.serving.session import OnnxSession
+
+        weights = self._weights()
+        stored = {i.name for i in self.graph.graph.initializer}
+        if stored != set(weights):
+            differ = sorted(stored.symmetric_difference(weights))
+            raise RuntimeError(
+                f"{self.name}: the exported graph's initializers do not match the model's weights "
+                f"({', '.join(differ[:3])}); cannot refresh the served session"
+            )
+        for init in self.graph.graph.initializer:
+            old, new = numpy_helper.to_array(init), weights[init.name]
+            if old.shape != new.shape or old.dtype != new.dtype:
+                raise RuntimeError(
+                    f"{self.name}: initializer {init.name} is {old.dtype}{list(old.shape)} in the exported "
+                    f"graph but {new.dtype}{list(new.shape)} in the model; cannot refresh the served session"
+                )
+            init.CopyFrom(numpy_helper.from_array(new, init.name))
+        self.service.session = OnnxSession(self.graph.SerializeToString(), ["CPUExecutionProvider"])
+        self.refreshes += 1

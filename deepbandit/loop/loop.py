@@ -370,6 +370,7 @@ def run_loop(
         entry["decisions_per_s"] = cfg.n_rounds * cfg.requests_per_round / max(seconds[agent.name], 1e-9)
         if isinstance(agent, DeepAgent):
             entry["train_seconds"], entry["export_seconds"] = agent.train_seconds, agent.export_seconds
+            entry["exports"], entry["refreshes"] = agent.exports, agent.refreshes
         result["agents"][agent.name] = entry
     if cfg.keep_logs:
         from deepbandit.data.io import write_parquet_atomic

@@ -26,7 +26,7 @@ class OnnxSession:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         providers: list[str] | None = None,
         intra_op_threads: int = 0,
         allow_spinning: bool = False,
@@ -41,7 +41,9 @@ class OnnxSession:
             opts.intra_op_num_threads = intra_op_threads
         requested = providers or default_providers()
         # a provider listed by onnxruntime may still fail to load (no driver): keep what actually loaded
-        self.session = ort.InferenceSession(str(path), opts, providers=requested)
+        # bytes: a serialised model (the closed loop serves new weights in the same graph this way)
+        model = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(model, opts, providers=requested)
         self.providers = self.session.get_providers()
         self.cuda = self.providers[0] == "CUDAExecutionProvider"
 

@@ -226,3 +226,33 @@ def test_an_agent_that_logs_a_wrong_propensity_or_breaks_the_protocol_is_refused
         run_loop(cfg, out_dir=tmp_path, agents=[_GreedyMeans(5), _GreedyMeans(5)])
     with pytest.raises(ConfigError, match="no policy deep.policies.nope"):
         run_loop(cfg, out_dir=tmp_path, agents=["deep_nope"])
+
+
+def test_onnx_serving_takes_new_weights_without_a_new_export():
+    """serve=onnx: one full export, then every retrain hands the new weights to the served session; the
+    service's scores stay those of the torch model (the policy and its propensities are exact)."""
+    from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
+
+    env = WheelEnvironment(0.5, seed=4)
+    env.reset(4)
+    rounds = [env.next_requests(60) for _ in range(4)]
+    featurizer = Featurizer(env, rounds[0])
+    cfg = DeepAgentsConfig(serve="onnx", steps_per_round=3, export_every=10)
+    agent = DeepAgent("deep_thompson", featurizer, cfg, seed=0, work_dir=None)
+    rng = np.random.default_rng(0)
+    for requests in rounds:
+        decisions = agent.act(requests, rng)
+        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+        feeds = featurizer(requests, agent.input_names)
+        served = agent.service.session.run(feeds, ["scores", "posterior_samples"])
+        with torch.no_grad():
+            x = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            np.testing.assert_allclose(served["scores"], agent.model(x).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                served["posterior_samples"], agent.model.posterior_samples(x).numpy(), rtol=1e-5, atol=1e-5
+            )
+    assert (agent.exports, agent.refreshes) == (1, 3)
+    # a graph whose initializers are not the model's weights is refused, not served half-updated
+    agent.graph.graph.initializer.pop()
+    with pytest.raises(RuntimeError, match="initializers do not match"):
+        agent.refresh()
