@@ -125,7 +125,7 @@ def bench_device(bundle, export_dir: Path, device: str, sizes: list[int], second
     session = OnnxSession(export_dir / "model.onnx", providers)
     if device == "cuda" and not session.cuda:
         raise RuntimeError(f"onnxruntime could not start CUDA (providers: {session.providers})")
-    model = ExportModule(bundle.build_model().to(device), names, ensemble=False).eval()
+    model = ExportModule(bundle.build_model().to(device), names, posterior=False).eval()
     service = ArtworkService.from_dir(export_dir, providers=providers)
     rows: dict[str, list[dict]] = {"onnxruntime": [], "torch_eager": [], "onnxruntime_decide": []}
     for b in sizes:

@@ -5,16 +5,23 @@ candidate *embeddings* enter the graph, so serving scores any image it has an em
 images added after training. ``candidate_image_idx`` is an input only when the model hashes image ids,
 ``member_features`` only when the model has them. Batch, candidate and history axes are dynamic.
 
+A neural-linear model's graph takes one more input, ``posterior_noise`` float32 (S, P): standard-normal
+noise from the host, one row per posterior draw (P = head_dim + 1). The graph turns it into the draws
+w_s = mean + L eps_s of the Bayesian last layer (mean and Cholesky factor L are initializers: the
+posterior travels with the model), so serving draws with its own seeded generator and logs the share of
+the S draws as ``mc_estimate:S``. The manifest names it under ``posterior_noise``.
+
 Outputs:
     scores            float32 (B, A)    point logits (mean over members), padding = PAD_LOGIT
-    posterior_samples float32 (B, K, A) ensembles only: every member's logits (Thompson "ensemble")
-    winners           int64   (B, K)    ensembles only: each member's argmax over the masked logits
+    posterior_samples float32 (B, K, A) ensembles: every member's logits (Thompson "ensemble");
+                              (B, S, A) neural-linear: the logits of the S draws
+    winners           int64   (B, K|S)  each member's / draw's argmax over the masked logits
                                         (ONNX ArgMax, first position among ties, like ``masked_argmax``)
 
-MC dropout and neural-linear models export their mean prediction only: an ONNX graph has no reproducible
-dropout (RandomUniform draws are neither seedable per request nor identical across runtimes) and the
-neural-linear posterior lives outside the network. Their Thompson policies are not served; greedy,
-epsilon-greedy and softmax on the mean are. The manifest says which outputs exist (``outputs``).
+MC dropout models export their mean prediction only: an ONNX graph has no reproducible dropout
+(RandomUniform draws are neither seedable per request nor identical across runtimes). Their Thompson
+policy is not served; greedy, epsilon-greedy and softmax on the mean are. The manifest says which outputs
+exist (``outputs``).
 
 fp16: the model is converted with ``.half()`` and exported with float32 inputs and outputs (casts at the
 boundary), so the serving code feeds the same arrays to both variants.
@@ -55,46 +62,76 @@ def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
     return {i.name: {"dtype": i.dtype, "shape": shapes[i.name]} for i in inputs}
 
 
+def noise_spec(bundle: ModelBundle) -> dict[str, Any] | None:
+    """{"dtype", "shape": ["samples", P]} of the ``posterior_noise`` input, or None (no such input)."""
+    if not capabilities(bundle.uncertainty_cfg).posterior_noise:
+        return None
+    return {"dtype": "float32", "shape": ["samples", bundle.model_cfg.head_dim + 1]}
+
+
 def output_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"}; ensembles add posterior_samples and winners (K = n_members)."""
+    """name -> {"dtype", "shape"}; a served posterior adds posterior_samples and winners (K members, or
+    the "samples" axis of the posterior noise)."""
     specs: dict[str, dict[str, Any]] = {"scores": {"dtype": "float32", "shape": ["batch", "candidates"]}}
     if capabilities(bundle.uncertainty_cfg).exported_posterior:
-        k = bundle.uncertainty_cfg.n_members
+        k = "samples" if noise_spec(bundle) else bundle.uncertainty_cfg.n_members
         specs["posterior_samples"] = {"dtype": "float32", "shape": ["batch", k, "candidates"]}
         specs["winners"] = {"dtype": "int64", "shape": ["batch", k]}
     return specs
+
+
+def graph_input_names(bundle: ModelBundle) -> list[str]:
+    """Every input of the graph: the model inputs, then ``posterior_noise`` when the model takes it."""
+    return input_names(bundle) + (["posterior_noise"] if noise_spec(bundle) else [])
 
 
 class ExportModule(nn.Module):
     """Positional-input wrapper of a scorer for ``torch.onnx.export``: float inputs are cast to the model's
     dtype (fp16 variant) and float outputs back to float32, so both variants share one interface."""
 
-    def __init__(self, model: nn.Module, names: list[str], ensemble: bool):
+    def __init__(self, model: nn.Module, names: list[str], posterior: bool, noise: bool = False):
         super().__init__()
         self.model = model
         self.names = names
-        self.ensemble = ensemble
+        self.posterior, self.noise = posterior, noise
         self.dtype = next(model.parameters()).dtype
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        noise = args[len(self.names)] if self.noise else None
         inputs = ModelInputs(
             **{
                 n: a.to(self.dtype) if a.is_floating_point() else a
-                for n, a in zip(self.names, args, strict=True)
+                for n, a in zip(self.names, args[: len(self.names)], strict=True)
             }
         )
-        if not self.ensemble:
+        if not self.posterior:
             return (self.model(inputs).float(),)
+        if noise is not None:  # neural-linear: the draws of the host's noise, (B, S, A)
+            draws = self.model.posterior_from_noise(inputs, noise)
+            return self.model(inputs).float(), draws.float(), draws.argmax(-1)
         members = self.model.member_logits(inputs)  # (B, K, A), padding = PAD_LOGIT
         scores = members.mean(1)
         return scores.float(), members.float(), members.argmax(-1)
 
+    @classmethod
+    def of(cls, model: nn.Module, bundle: ModelBundle) -> ExportModule:
+        """The export wrapper of ``model`` for ``bundle``'s graph (its inputs and posterior outputs)."""
+        offers = capabilities(bundle.uncertainty_cfg)
+        return cls(model, input_names(bundle), offers.exported_posterior, offers.posterior_noise)
 
-def sample_inputs(bundle: ModelBundle, batch: int, candidates: int, history: int, seed: int = 0) -> dict:
-    """Random graph inputs as numpy arrays with the boundary dtypes (for tracing, parity and benchmarks)."""
+
+def sample_inputs(
+    bundle: ModelBundle, batch: int, candidates: int, history: int, seed: int = 0, samples: int = 4
+) -> dict:
+    """Random graph inputs as numpy arrays with the boundary dtypes (for tracing, parity and benchmarks),
+    with ``samples`` rows of posterior noise when the graph takes it."""
     g = torch.Generator().manual_seed(seed)
     inputs = random_inputs(bundle.model_cfg, batch, candidates, history, generator=g)
-    return {n: inputs[n].numpy().astype(INPUT_DTYPES[n]) for n in input_names(bundle)}
+    feeds = {n: inputs[n].numpy().astype(INPUT_DTYPES[n]) for n in input_names(bundle)}
+    spec = noise_spec(bundle)
+    if spec:
+        feeds["posterior_noise"] = torch.randn(samples, spec["shape"][1], generator=g).numpy()
+    return feeds
 
 
 def export_graph(
@@ -115,12 +152,13 @@ def export_graph(
     model = bundle.build_model()
     if fp16:
         model = model.half()
-    names = input_names(bundle)
-    module = ExportModule(model, names, capabilities(bundle.uncertainty_cfg).exported_posterior).eval()
+    names = graph_input_names(bundle)
+    module = ExportModule.of(model, bundle).eval()
     example = sample_inputs(bundle, 3, 4, 5)
     outputs = list(output_specs(bundle))
     dynamic: dict[str, dict[int, str]] = {}
-    for n, spec in input_specs(bundle).items():
+    specs = input_specs(bundle) | ({"posterior_noise": noise_spec(bundle)} if noise_spec(bundle) else {})
+    for n, spec in specs.items():
         dynamic[n] = {i: s for i, s in enumerate(spec["shape"]) if isinstance(s, str)}
     for n, spec in output_specs(bundle).items():
         dynamic[n] = {i: s for i, s in enumerate(spec["shape"]) if isinstance(s, str)}

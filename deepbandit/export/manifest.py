@@ -16,7 +16,7 @@ from deepbandit.atomic import write_text_atomic
 from deepbandit.data.features import FEATURE_TRANSFORMS
 from deepbandit.data.schema import MAX_CANDIDATES, MAX_HISTORY, SCHEMA_VERSION
 from deepbandit.errors import ConfigError
-from deepbandit.export.graph import OPSET, input_specs, output_specs
+from deepbandit.export.graph import OPSET, input_specs, noise_spec, output_specs
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import PAD_LOGIT
 
@@ -48,6 +48,8 @@ def build_manifest(
         "opset": OPSET,
         "inputs": input_specs(bundle),
         "outputs": output_specs(bundle),
+        # neural-linear: the graph's extra input of standard-normal noise, one row per posterior draw
+        "posterior_noise": noise_spec(bundle),
         "pad_logit": PAD_LOGIT,
         "max_history": max_history,
         "max_candidates": MAX_CANDIDATES,

@@ -20,7 +20,7 @@ from deepbandit.data.schema import (
     MANIFEST_FILE,
 )
 from deepbandit.errors import ConfigError
-from deepbandit.export.graph import embed_metadata, export_graph, sha256
+from deepbandit.export.graph import embed_metadata, export_graph, noise_spec, sha256
 from deepbandit.export.manifest import build_manifest, write_manifest
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
@@ -48,7 +48,7 @@ def serving_policy(
             spec.setdefault("kind", offers.thompson_kind)
     if spec.get("name") == "thompson" and not offers.exported_posterior:
         raise ConfigError(
-            f"policy thompson is served for ensembles only; this model's uncertainty is "
+            f"policy thompson is served for ensembles and neural-linear models only; this model's uncertainty is "
             f"{bundle.uncertainty_cfg.kind!r} (see deepbandit/export/graph.py): export with "
             "policy=greedy, epsilon_greedy or softmax"
         )
@@ -92,6 +92,12 @@ def export_bundle(
     max_history: history entries kept per request (default: bundle.meta or the contract's MAX_HISTORY).
     fold_constants: see ``export_graph`` (False: the weights stay replaceable in a serving session).
     """
+    if triton and noise_spec(bundle):
+        raise ConfigError(
+            f"triton=true: Triton's dynamic batching needs every input to lead with the batch axis, and this "
+            f"{bundle.uncertainty_cfg.kind} model's posterior_noise input (samples, P) does not; serve it "
+            "through deepbandit.serving.ArtworkService, or export without triton"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy = serving_policy(bundle, policy)

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepbandit.export.graph import ExportModule, input_names, output_specs, sample_inputs
+from deepbandit.export.graph import ExportModule, graph_input_names, output_specs, sample_inputs
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.uncertainty import capabilities
 
 FP32_ATOL = 1e-5  # max |onnxruntime - torch| on logits, fp32 on CPU
 # fp16 (vs the fp32 torch model) keeps ~3 significant digits: measured 3e-5..2.4e-4 on the test models
@@ -46,9 +45,9 @@ def check_parity(
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
-    names = input_names(bundle)
+    names = graph_input_names(bundle)
     outputs = list(output_specs(bundle))
-    module = ExportModule(model.eval(), names, capabilities(bundle.uncertainty_cfg).exported_posterior)
+    module = ExportModule.of(model.eval(), bundle)
     records = []
     for i, b in enumerate(batch_sizes):
         for j, a in enumerate(candidate_counts):

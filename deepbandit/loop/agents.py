@@ -32,14 +32,20 @@ from deepbandit.data.tensors import ImageTable, ImpressionBatch, table_to_batch,
 from deepbandit.data.vocab import FeatureVocabs
 from deepbandit.errors import ConfigError
 from deepbandit.loop.environments import Environment, Requests, impressions_table
-from deepbandit.losses.objectives import reward_targets
 from deepbandit.models.bundle import ModelBundle
-from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig, model_inputs
+from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig
 from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer, capabilities, check_uncertainty
 from deepbandit.policies import Decisions, EpsilonGreedy, Thompson, sample_actions
 from deepbandit.policies.config import PolicyConfig
 from deepbandit.training.config import LossConfig, ModelGroupConfig
-from deepbandit.training.fit import OptimConfig, TrainingStep, fit_epochs, fit_steps, make_optimizer
+from deepbandit.training.fit import (
+    OptimConfig,
+    TrainingStep,
+    fit_conjugate_posterior,
+    fit_epochs,
+    fit_steps,
+    make_optimizer,
+)
 
 
 class Agent(Protocol):
@@ -506,18 +512,12 @@ class DeepAgent:
             self.fit_posterior(batch)
             self.train_seconds += time.perf_counter() - t0
 
-    @torch.no_grad()
-    def fit_posterior(self, data: ImpressionBatch, chunk: int = 8192) -> None:
-        """Add ``data``'s observed rows to the conjugate last layer (the training step's labels)."""
-        self.model.eval()
+    def fit_posterior(self, data: ImpressionBatch, reset: bool = False) -> None:
+        """Add ``data``'s observed rows to the conjugate last layer (``reset``: refit from the prior)."""
         with _threads(self.cfg.threads):
-            for lo in range(0, len(data), chunk):
-                part = data[torch.arange(lo, min(lo + chunk, len(data)))]
-                rows = part.reward_observed.nonzero().squeeze(1)
-                if len(rows) < len(part):
-                    part = part[rows]
-                target = reward_targets(part.reward, self.step.transform, self.step.threshold)
-                self.model.update_posterior(model_inputs(part, self.step.lookup), part.action, target)
+            fit_conjugate_posterior(self.step, data, reset=reset)
+        if self.service is not None:  # the served graph carries the posterior: hand it the new one
+            self.refresh()
 
     def retrain(self) -> None:
         t0 = time.perf_counter()
@@ -537,8 +537,8 @@ class DeepAgent:
                           gradient_clip_val=self.cfg.optim.gradient_clip_val)  # fmt: skip
         self.model.eval()
         if self.conjugate:  # the features moved: refit the last layer on everything logged
-            self.model.reset_posterior()
-            self.fit_posterior(data)
+            with _threads(self.cfg.threads):
+                fit_conjugate_posterior(self.step, data, reset=True)
         self.trained = True
         self.train_seconds += time.perf_counter() - t0
         if self.cfg.serve == "onnx":
@@ -587,12 +587,13 @@ class DeepAgent:
         from deepbandit.serving.session import OnnxSession
 
         weights = self._weights()
-        stored = {i.name for i in self.graph.graph.initializer}
-        if stored != set(weights):
-            differ = sorted(stored.symmetric_difference(weights))
+        # every initializer the graph holds gets its new value; weights the graph never reads (the
+        # neural-linear sufficient statistics: only its mean and covariance factor are in the graph) stay out
+        unknown = sorted({i.name for i in self.graph.graph.initializer} - set(weights))
+        if unknown:
             raise RuntimeError(
                 f"{self.name}: the exported graph's initializers do not match the model's weights "
-                f"({', '.join(differ[:3])}); cannot refresh the served session"
+                f"({', '.join(unknown[:3])} are not weights of the model); cannot refresh the served session"
             )
         for init in self.graph.graph.initializer:
             old, new = numpy_helper.to_array(init), weights[init.name]

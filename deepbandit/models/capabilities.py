@@ -19,6 +19,9 @@ class Capabilities:
     exported_posterior: the ONNX graph carries the posterior (per-member logits and winners), so export
         serves Thompson sampling from it.
     bootstrap_members: the trainer gives each member its own Poisson(1) bootstrap weights.
+    posterior_noise: the exported posterior takes its randomness as a graph input, standard-normal noise
+        (S, P) drawn by the host (``posterior_from_noise``), so serving draws S posterior samples with its
+        own generator and logs ``mc_estimate:S`` propensities.
     conjugate_last_layer: the posterior is a Bayesian last layer on the network's features, fitted in closed
         form from logged rows (``reset_posterior()``, ``update_posterior(inputs, action, target)``) without a
         gradient step: an online learner updates it exactly after every round and refits it whenever the
@@ -30,6 +33,7 @@ class Capabilities:
     posterior_draws: int | None = None
     exported_posterior: bool = False
     bootstrap_members: bool = False
+    posterior_noise: bool = False
     conjugate_last_layer: bool = False
 
     @property

@@ -331,7 +331,13 @@ class NeuralLinearScorer(nn.Module):
     @staticmethod
     def offers(u: UncertaintyConfig) -> Capabilities:
         # the head is fitted after training, so validation has no draws from it
-        return Capabilities(posterior="sampled", posterior_draws=u.n_samples, conjugate_last_layer=True)
+        return Capabilities(
+            posterior="sampled",
+            posterior_draws=u.n_samples,
+            exported_posterior=True,
+            posterior_noise=True,
+            conjugate_last_layer=True,
+        )
 
     def member_logits(self, inputs: Inputs) -> Tensor:
         return self.net.member_logits(inputs)
@@ -361,13 +367,24 @@ class NeuralLinearScorer(nn.Module):
         c = irls_weights(eta, reward.double())
         self.blr.accumulate(phi[rows, action], c, c * eta + reward.double() - torch.sigmoid(eta))
 
+    @property
+    def noise_dim(self) -> int:
+        """P, the width of the standard-normal noise one posterior draw takes (``posterior_from_noise``)."""
+        return self.blr.mean.shape[0]
+
     def posterior_samples(
         self, inputs: Inputs, n_samples: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
+        noise = torch.randn(n_samples or self.n_samples, self.noise_dim, generator=generator)
+        return self.posterior_from_noise(inputs, noise.to(self.blr.mean.device))
+
+    def posterior_from_noise(self, inputs: Inputs, noise: Tensor) -> Tensor:
+        """(B, S, A) logits of the draws w_s = mean + L eps_s for standard-normal noise (S, P): the
+        exported graph takes the noise as an input, so the host's generator drives the draws."""
         x = ModelInputs.of(inputs)
         _, phi = self._features(x)
-        w = self.blr.sample(n_samples or self.n_samples, generator).to(phi.dtype)  # (S, P)
-        logits = torch.einsum("bap,sp->bsa", phi, w)
+        w = self.blr.mean + noise.to(self.blr.mean.dtype) @ self.blr.cov_factor.T  # (S, P)
+        logits = torch.einsum("bap,sp->bsa", phi, w.to(phi.dtype))
         return logits.masked_fill(~x.candidate_mask.unsqueeze(1), PAD_LOGIT)
 
 

@@ -83,10 +83,18 @@ class ArtworkService:
         self.member_features_dim = int(manifest["member_features_dim"])
         if isinstance(policy, Thompson) and "winners" not in manifest["outputs"]:
             raise ValueError(
-                f"Thompson sampling needs the ensemble's per-member winners; this export "
-                f"({manifest['uncertainty_config']['kind']}) has outputs {list(manifest['outputs'])}"
+                f"Thompson sampling needs the posterior's winners (an ensemble or neural-linear export); this "
+                f"export ({manifest['uncertainty_config']['kind']}) has outputs {list(manifest['outputs'])}"
             )
         self.outputs = ["scores", "winners"] if isinstance(policy, Thompson) else ["scores"]
+        # neural-linear: S rows of standard-normal noise per call drive the graph's S posterior draws
+        self.noise = manifest.get("posterior_noise") if isinstance(policy, Thompson) else None
+        self.n_draws = int(manifest["uncertainty_config"].get("n_samples", 16))
+        if self.noise and policy.sticky:
+            raise ValueError(
+                "a sticky Thompson policy keys its draws by member and time window, but this neural-linear "
+                "export draws its posterior noise per call; serve it without sticky_window_seconds"
+            )
 
     @classmethod
     def from_dir(
@@ -176,7 +184,12 @@ class ArtworkService:
             self.policy.propensity_kind(np.zeros((0, 1, 1))) if isinstance(self.policy, Thompson) else "exact"
         )
         if len(rows):
-            out = self.session.run(graph.feeds, self.outputs)
+            rng = rng if rng is not None else np.random.default_rng()
+            feeds = graph.feeds
+            if self.noise:
+                width = self.noise["shape"][1]
+                feeds = {**feeds, "posterior_noise": rng.standard_normal((self.n_draws, width), np.float32)}
+            out = self.session.run(feeds, self.outputs)
             mask = graph.feeds["candidate_mask"]
             x = out["winners"] if "winners" in out else out["scores"]
             if self.policy.sticky:
@@ -188,7 +201,7 @@ class ArtworkService:
                     timestamp=timestamp[rows] // 1_000_000,
                 )
             else:
-                d = self.policy.decide(x, mask, rng=rng if rng is not None else np.random.default_rng())
+                d = self.policy.decide(x, mask, rng=rng)
             action[rows], propensity[rows], dist[rows] = d.action, d.propensity, d.action_dist
             chosen[rows] = batch.candidate_ids[batch.candidate_offsets[rows] + d.action]
             scores[rows] = out["scores"]

@@ -180,20 +180,21 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     scorer would only refuse them after the logs are loaded); return warnings for the ones that work in
     training but not in serving.
 
-    Thompson sampling draws from ``uncertainty``'s posterior: without one (``none``, or ``neural_linear``,
-    whose draws training does not use) it would silently be greedy, which logs propensity 1 and leaves the
-    next round of training nothing to learn from. MC dropout needs dropout somewhere; an ensemble needs
-    two members. Export serves Thompson from ensembles only (exact propensities); MC-dropout Thompson is
-    reported in validation but must be exported as another policy.
+    Thompson sampling draws from ``uncertainty``'s posterior: without one (``none``) it would silently be
+    greedy, which logs propensity 1 and leaves the next round of training nothing to learn from. MC dropout
+    needs dropout somewhere; an ensemble needs two members. Export serves Thompson from ensembles and
+    neural-linear models; MC-dropout Thompson is reported in validation but must be exported as another
+    policy, and neural-linear's last layer is fitted on the training split after training, so validation
+    reports only greedy for it.
     """
     _check_ranges(cfg)
     check_uncertainty(cfg.uncertainty, cfg.model.dropout, cfg.model.last_layer_dropout)
     if cfg.policy.name != "thompson":
         return []
     offers, kind = capabilities(cfg.uncertainty), cfg.uncertainty.kind
-    if not offers.posterior_in_training:
+    if offers.posterior == "none":
         with_posterior = [
-            k for k, offer in CAPABILITIES.items() if offer(cfg.uncertainty).posterior_in_training
+            k for k, offer in CAPABILITIES.items() if offer(cfg.uncertainty).posterior != "none"
         ]
         raise ConfigError(
             f"policy=thompson needs a posterior to sample from: uncertainty={' or '.join(with_posterior)}, got "
@@ -202,7 +203,13 @@ def check_choices(cfg: TrainConfig) -> list[str]:
     if not offers.exported_posterior:
         return [
             f"policy=thompson with uncertainty={kind}: validation reports it, but export serves Thompson "
-            "from ensembles only; export this model with policy=epsilon_greedy, softmax or greedy"
+            "from ensembles and neural-linear models only; export this model with policy=epsilon_greedy, "
+            "softmax or greedy"
+        ]
+    if not offers.posterior_in_training:
+        return [
+            f"policy=thompson with uncertainty={kind}: its posterior is fitted on the training split after "
+            "training, so validation reports greedy only; export serves Thompson sampling from it"
         ]
     return []
 

@@ -137,3 +137,29 @@ def fit_steps(
         rows = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator)
         optimizer_step(step, optimizer, data[rows], row_key[rows], gradient_clip_val)
     return steps
+
+
+@torch.no_grad()
+def fit_conjugate_posterior(
+    step: TrainingStep, data: ImpressionBatch, *, reset: bool = True, chunk: int = 8192
+) -> int:
+    """Fit a conjugate last layer (``Capabilities.conjugate_last_layer``: neural-linear) on ``data``'s
+    observed rows with the step's labels, in chunks, at the network's current features; ``reset`` first
+    forgets earlier rows and recentres the prior on the trained last layer. Returns the rows added.
+    ``deepbandit train`` calls it once after training, the loop after every round (``reset`` only after a
+    retrain, when the features have moved)."""
+    model = step.model
+    model.eval()
+    if reset:
+        model.reset_posterior()
+    added = 0
+    for lo in range(0, len(data), chunk):
+        part = data[torch.arange(lo, min(lo + chunk, len(data)))]
+        rows = part.reward_observed.nonzero().squeeze(1)
+        if len(rows) < len(part):
+            part = part[rows]
+        if len(part):
+            target = reward_targets(part.reward, step.transform, step.threshold)
+            model.update_posterior(model_inputs(part, step.lookup), part.action, target)
+            added += len(part)
+    return added

@@ -39,7 +39,7 @@ from deepbandit.sim.world import World
 from deepbandit.training.callbacks import EpochLines, FiniteLossCheck, StreamEpoch, TrueValueMonitor
 from deepbandit.training.config import TrainConfig, check_choices, typed_config
 from deepbandit.training.datamodule import BanditDataModule
-from deepbandit.training.fit import TrainingStep, make_optimizer
+from deepbandit.training.fit import TrainingStep, fit_conjugate_posterior, make_optimizer
 from deepbandit.training.module import BanditModule
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,11 @@ def train(
     if checkpoint.best_model_path:  # the bundle holds the best weights by the monitored policy value
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
+    posterior_rows = None
+    if capabilities(cfg.uncertainty).conjugate_last_layer:
+        # neural-linear: the Bayesian last layer is fitted on the training split at the kept weights'
+        # features; it is saved with them, and export serves Thompson sampling from it
+        posterior_rows = fit_conjugate_posterior(module.step, dm.batch_of(dm.train_table))
     metrics: dict = {
         "val": dict(module.val_metrics),  # the last epoch's
         "val_history": module.val_history,
@@ -273,6 +278,7 @@ def train(
         "epochs": trainer.current_epoch,
         "rows": {"train": dm.train_table.num_rows, "val": dm.val_table.num_rows},
         "split_at": dm.split_iso,
+        "posterior_rows": posterior_rows,
         "train_impressions_per_s": dm.train_table.num_rows * trainer.current_epoch / max(fit_seconds, 1e-9),
     }
     if world is not None:

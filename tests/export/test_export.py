@@ -163,9 +163,39 @@ def test_triton_config_consistent_with_graph(ensemble_export):
         assert _parse_pbtxt_tensors(text, section) == expected
 
 
-def test_thompson_needs_an_ensemble(tmp_path, make_bundle):
-    with pytest.raises(ValueError, match="ensembles only"):
+def test_thompson_needs_an_exported_posterior(tmp_path, make_bundle):
+    with pytest.raises(ValueError, match="ensembles and neural-linear models only"):
         export_bundle(make_bundle(), tmp_path, policy={"name": "thompson", "kind": "mc_dropout"})
+
+
+def test_neural_linear_exports_its_fitted_posterior(tmp_path, make_bundle):
+    """The Bayesian last layer travels with the model: the graph takes standard-normal noise (S, P) and
+    returns the S draws' logits and winners; parity covers them (random noise, S = 4)."""
+    import torch
+
+    from deepbandit.models.encoders import random_inputs
+
+    def fit(model):
+        g = torch.Generator().manual_seed(3)
+        x = random_inputs(model.net.cfg, 64, 4, 5, generator=g)
+        model.update_posterior(
+            x, torch.zeros(64, dtype=torch.long), (torch.rand(64, generator=g) < 0.3).float()
+        )
+
+    bundle = make_bundle("neural_linear", prepare=fit)
+    assert bundle.build_model().blr.n_seen.item() == 64  # the fitted posterior is in the bundle
+    result = export_bundle(bundle, tmp_path, policy={"name": "thompson"}, parity_batch_sizes=(5,),
+                           parity_candidates=(3,))  # fmt: skip
+    manifest = result.manifest
+    assert manifest["posterior_noise"] == {
+        "dtype": "float32",
+        "shape": ["samples", bundle.model_cfg.head_dim + 1],
+    }
+    assert manifest["outputs"]["winners"]["shape"] == ["batch", "samples"]
+    assert manifest["policy"]["kind"] == "mc_dropout"  # Monte Carlo propensities (mc_estimate:S)
+    assert result.parity[0]["max_abs_diff"] <= FP32_ATOL and result.parity[0]["same_choice"]
+    with pytest.raises(ValueError, match="Triton's dynamic batching"):
+        export_bundle(bundle, tmp_path / "t", policy={"name": "thompson"}, triton=True)
 
 
 def test_mc_dropout_exports_its_mean(tmp_path, make_bundle):
@@ -219,7 +249,7 @@ def test_serving_policy_from_the_training_run(kind, trained, expected, make_bund
     bundle = make_bundle(kind, last_layer_dropout=0.1 if kind == "mc_dropout" else 0.0)
     bundle.meta["policy"] = trained
     if expected is ValueError:
-        with pytest.raises(ValueError, match="ensembles only"):
+        with pytest.raises(ValueError, match="ensembles and neural-linear models only"):
             serving_policy(bundle)
     else:
         assert serving_policy(bundle) == expected

@@ -159,8 +159,7 @@ def test_neural_linear_last_layer_holds_every_logged_row_after_each_round():
         # rounds 1 and 4 retrain (warm-up 1, then every 3); rounds 2 and 3 only update the last layer
         logged = ImpressionBatch.cat(agent.logged)
         state = {k: v.clone() for k, v in agent.model.blr.state_dict().items()}
-        agent.model.reset_posterior()
-        agent.fit_posterior(logged)
+        agent.fit_posterior(logged, reset=True)
         for name, value in agent.model.blr.state_dict().items():
             torch.testing.assert_close(state[name], value, msg=f"round {k + 1}: {name}")
     assert agent.model.blr.n_seen.item() == 4 * 120
@@ -228,9 +227,11 @@ def test_an_agent_that_logs_a_wrong_propensity_or_breaks_the_protocol_is_refused
         run_loop(cfg, out_dir=tmp_path, agents=["deep_nope"])
 
 
-def test_onnx_serving_takes_new_weights_without_a_new_export():
-    """serve=onnx: one full export, then every retrain hands the new weights to the served session; the
-    service's scores stay those of the torch model (the policy and its propensities are exact)."""
+@pytest.mark.parametrize("agent_name", ["deep_thompson", "deep_neural_linear"])
+def test_onnx_serving_takes_new_weights_without_a_new_export(agent_name):
+    """serve=onnx: one full export, then every retrain (and every neural-linear last-layer update) hands
+    the new weights to the served session; the service's scores and posterior draws stay those of the
+    torch model (the policy and its propensities are exact)."""
     from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
 
     env = WheelEnvironment(0.5, seed=4)
@@ -238,21 +239,46 @@ def test_onnx_serving_takes_new_weights_without_a_new_export():
     rounds = [env.next_requests(60) for _ in range(4)]
     featurizer = Featurizer(env, rounds[0])
     cfg = DeepAgentsConfig(serve="onnx", steps_per_round=3, export_every=10)
-    agent = DeepAgent("deep_thompson", featurizer, cfg, seed=0, work_dir=None)
+    agent = DeepAgent(agent_name, featurizer, cfg, seed=0, work_dir=None)
     rng = np.random.default_rng(0)
+    noise = torch.randn(6, cfg.model.head_dim + 1, generator=torch.Generator().manual_seed(1))
     for requests in rounds:
         decisions = agent.act(requests, rng)
         agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
         feeds = featurizer(requests, agent.input_names)
+        if agent.conjugate:
+            feeds["posterior_noise"] = noise.numpy()
         served = agent.service.session.run(feeds, ["scores", "posterior_samples"])
         with torch.no_grad():
-            x = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            np.testing.assert_allclose(served["scores"], agent.model(x).numpy(), rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(
-                served["posterior_samples"], agent.model.posterior_samples(x).numpy(), rtol=1e-5, atol=1e-5
+            x = {k: torch.from_numpy(v) for k, v in feeds.items() if k != "posterior_noise"}
+            draws = (
+                agent.model.posterior_from_noise(x, noise)
+                if agent.conjugate
+                else agent.model.posterior_samples(x)
             )
+            np.testing.assert_allclose(served["scores"], agent.model(x).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(served["posterior_samples"], draws.numpy(), rtol=1e-5, atol=1e-4)
     assert (agent.exports, agent.refreshes) == (1, 3)
     # a graph whose initializers are not the model's weights is refused, not served half-updated
-    agent.graph.graph.initializer.pop()
+    from onnx import numpy_helper
+
+    agent.graph.graph.initializer.append(numpy_helper.from_array(np.zeros(2, np.float32), "folded::constant"))
     with pytest.raises(RuntimeError, match="initializers do not match"):
         agent.refresh()
+
+
+def test_neural_linear_is_served_through_onnx_with_its_posterior_refreshed_every_round(tmp_path):
+    cfg = LoopConfig(
+        environment="wheel", n_rounds=4, requests_per_round=80, agents=["deep_neural_linear"],
+        progress=False, plots=False, keep_logs=True,
+    )  # fmt: skip
+    cfg.deep.steps_per_round, cfg.deep.retrain_every = 5, 2
+    result = run_loop(cfg, out_dir=tmp_path)
+    entry = result["agents"]["deep_neural_linear"]
+    # retrains after rounds 1 and 3 (one export, one refresh), last-layer updates after rounds 2 and 4
+    assert (entry["exports"], entry["refreshes"]) == (1, 3)
+    kinds = set(result["logs"]["deep_neural_linear"].column("propensity_kind").to_pylist())
+    assert kinds == {
+        "exact",
+        f"mc_estimate:{cfg.deep.posteriors['neural_linear'].n_samples}",
+    }  # warm-up: uniform

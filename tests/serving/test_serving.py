@@ -232,6 +232,32 @@ def test_thompson_refused_without_winners(exported):
         ArtworkService.from_dir(path, providers=CPU, policy={"name": "thompson", "kind": "ensemble"})
 
 
+def test_neural_linear_thompson_is_served_with_monte_carlo_propensities(tmp_path, make_bundle):
+    """The service draws the posterior noise from its generator: seeded calls repeat, the propensities are
+    the share of the S draws (mc_estimate:S) and the action is drawn from exactly that share."""
+    bundle = make_bundle("neural_linear")
+    export_bundle(
+        bundle, tmp_path, policy={"name": "thompson"}, parity_batch_sizes=(3,), parity_candidates=(4,)
+    )
+    service = ArtworkService.from_dir(tmp_path, providers=CPU)
+    requests = random_requests(40, seed=2)
+    first = service.decide(requests, rng=np.random.default_rng(5))
+    again = service.decide(requests, rng=np.random.default_rng(5))
+    s = bundle.uncertainty_cfg.n_samples
+    assert first.propensity_kind == f"mc_estimate:{s}"
+    np.testing.assert_array_equal(first.action, again.action)
+    np.testing.assert_array_equal(first.action_dist, again.action_dist)
+    ok = first.ok
+    shares = first.action_dist[ok] * s  # multiples of 1/S
+    np.testing.assert_allclose(shares, np.round(shares), atol=1e-9)
+    np.testing.assert_allclose(
+        first.propensity[ok], first.action_dist[ok][np.arange(ok.sum()), first.action[ok]]
+    )
+    with pytest.raises(ValueError, match="sticky"):
+        ArtworkService.from_dir(tmp_path, providers=CPU, policy={"name": "thompson", "kind": "mc_dropout",
+                                                                  "sticky_window_seconds": 3600})  # fmt: skip
+
+
 def _cuda_works() -> bool:
     try:
         import onnxruntime as ort

@@ -332,11 +332,6 @@ def test_gpu_trainer_config_on_a_gpu_matches_fp32_on_cpu(small_data, tmp_path):
     ("policy", "uncertainty", "message"),
     [
         ("thompson", {"kind": "none"}, "policy=thompson needs a posterior.*got uncertainty=none"),
-        (
-            "thompson",
-            {"kind": "neural_linear"},
-            "policy=thompson needs a posterior.*got uncertainty=neural_linear",
-        ),
         ("greedy", {"kind": "mc_dropout"}, "uncertainty=mc_dropout needs dropout"),
         ("thompson", {"kind": "ensemble", "n_members": 1}, "n_members >= 2, got 1"),
     ],
@@ -348,6 +343,22 @@ def test_choices_that_cannot_work_are_refused_before_any_data_is_read(tmp_path, 
         setattr(cfg.uncertainty, key, value)
     with pytest.raises(ValueError, match=message):
         train(cfg, out_dir=tmp_path / "out")
+
+
+def test_neural_linear_thompson_trains_fits_its_posterior_and_exports(small_data, tmp_path):
+    """uncertainty=neural_linear policy=thompson: after training, the Bayesian last layer is fitted on the
+    training split, saved in the bundle and served by export (Monte Carlo propensities)."""
+    from deepbandit.export.onnx_export import export_bundle
+    from deepbandit.models.bundle import ModelBundle
+
+    cfg = _cfg(small_data, max_epochs=1, batch_size=512)
+    cfg.policy.name, cfg.uncertainty.kind = "thompson", "neural_linear"
+    metrics = train(cfg, out_dir=tmp_path / "nl")
+    assert metrics["posterior_rows"] == metrics["rows"]["train"] > 0
+    bundle = ModelBundle.load(tmp_path / "nl" / "model.pt")
+    assert bundle.build_model().blr.n_seen.item() == metrics["rows"]["train"]
+    result = export_bundle(bundle, tmp_path / "export", parity_batch_sizes=(4,), parity_candidates=(3,))
+    assert result.manifest["policy"]["name"] == "thompson" and result.manifest["posterior_noise"]
 
 
 def test_default_training_config_exports_an_exploring_policy():
