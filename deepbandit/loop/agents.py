@@ -272,6 +272,10 @@ class DeepAgentsConfig:
     # update, whose cost does not grow with the log; null: epochs full passes
     steps_per_round: int | None = None
     warmup_rounds: int = 1  # rounds served uniformly at random before the first model
+    # the learning rate of retrain r (counted from 1): optim.lr until lr_decay_after retrains, then
+    # optim.lr * sqrt(lr_decay_after / r), so that late updates refine rather than jitter the fit
+    # (constant-lr Adam keeps a noise floor); null: constant
+    lr_decay_after: int | None = None
     # rounds between retrains of the network (a neural-linear last layer is updated every round)
     retrain_every: int = 1
     serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
@@ -312,6 +316,10 @@ class DeepAgentsConfig:
         if self.steps_per_round is not None and self.steps_per_round < 1:
             raise ConfigError(
                 f"loop config: deep.steps_per_round must be >= 1 or null, got {self.steps_per_round}"
+            )
+        if self.lr_decay_after is not None and self.lr_decay_after < 1:
+            raise ConfigError(
+                f"loop config: deep.lr_decay_after must be >= 1 or null, got {self.lr_decay_after}"
             )
         for name in ("epochs", "retrain_every", "max_history", "export_every"):
             if getattr(self, name) < 1:
@@ -525,6 +533,10 @@ class DeepAgent:
             self.logged = [ImpressionBatch.cat(self.logged)]
             self.row_keys = [np.concatenate(self.row_keys)]
         data, keys = self.logged[0], torch.from_numpy(self.row_keys[0])
+        if self.cfg.lr_decay_after is not None:
+            scale = min(1.0, (self.cfg.lr_decay_after / (self.retrains + 1)) ** 0.5)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.optim.lr * scale
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds)
         with _threads(self.cfg.threads):
             if self.cfg.steps_per_round is None:
