@@ -58,7 +58,7 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-def run(name: str, work: Path, seed: int, extra: list[str]) -> dict:
+def run(name: str, work: Path, seed: int, extra: list[str], n_impressions: int | None = None) -> dict:
     from hydra import compose, initialize_config_module
 
     from deepbandit.cli import simulate
@@ -67,6 +67,10 @@ def run(name: str, work: Path, seed: int, extra: list[str]) -> dict:
     from deepbandit.training.train import train
 
     sim_over, train_over = SETTINGS[name]
+    if n_impressions is not None:  # a smaller run of the same setting (tests: a smoke run)
+        sim_over = [o for o in sim_over if not o.startswith("n_impressions=")] + [
+            f"n_impressions={n_impressions}"
+        ]
     data = work / name / "data"
     register_schemas()
     started = time.perf_counter()
@@ -99,6 +103,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-impressions", type=int, default=None, help="override every setting's data size")
     p.add_argument("--train", nargs="*", default=[], metavar="KEY=VALUE", help="extra train overrides")
     p.add_argument("--work", default="/tmp/bench_learning")
     p.add_argument("--out", default="benchmarks/learning.json")
@@ -106,7 +111,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     results = []
     for name in args.settings:
-        results.append(run(name, Path(args.work), args.seed, args.train))
+        results.append(run(name, Path(args.work), args.seed, args.train, args.n_impressions))
         r = results[-1]
         print(f"{name}: greedy {r['greedy']:.4f}, best image {r['best_single_image']:.4f}, oracle "
               f"{r['oracle']:.4f}: {100 * r['gap_closed']:.1f}% of the gap ({r['seconds']:.0f} s)", flush=True)  # fmt: skip

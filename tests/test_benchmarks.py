@@ -64,8 +64,13 @@ def test_bench_train_times_every_case_in_its_own_process(tmp_path):
             ],
             "runs",
         ),
+        (
+            "bench_learning.py",
+            ["--settings", "quickstart", "--n-impressions", "3000", "--train", "trainer.max_epochs=1"],
+            "results",
+        ),
     ],
 )
 def test_other_benchmarks_run_and_record_the_machine(tmp_path, script, args, key):
-    extra = ["--work", str(tmp_path / "work")] if script == "bench_wheel.py" else []
+    extra = ["--work", str(tmp_path / "work")] if script in ("bench_wheel.py", "bench_learning.py") else []
     assert _run(script, tmp_path / "b.json", *args, *extra)[key]

@@ -282,3 +282,21 @@ def test_neural_linear_is_served_through_onnx_with_its_posterior_refreshed_every
         "exact",
         f"mc_estimate:{cfg.deep.posteriors['neural_linear'].n_samples}",
     }  # warm-up: uniform
+
+
+def test_learning_rate_decays_after_the_configured_retrains():
+    from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
+
+    env = WheelEnvironment(0.5, seed=5)
+    env.reset(5)
+    rounds = [env.next_requests(40) for _ in range(4)]
+    featurizer = Featurizer(env, rounds[0])
+    cfg = DeepAgentsConfig(serve="torch", steps_per_round=1, lr_decay_after=2)
+    agent = DeepAgent("deep_greedy", featurizer, cfg, seed=0, work_dir=None)
+    rng, lrs = np.random.default_rng(0), []
+    for requests in rounds:
+        decisions = agent.act(requests, rng)
+        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+        lrs.append(agent.optimizer.param_groups[0]["lr"])
+    base = cfg.optim.lr
+    np.testing.assert_allclose(lrs, [base, base, base * np.sqrt(2 / 3), base * np.sqrt(2 / 4)])
