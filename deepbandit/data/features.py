@@ -80,6 +80,9 @@ MODEL_INPUTS: tuple[ModelInput, ...] = (
     ),
     ModelInput("member_features", "member_features", "float32", (BATCH, MEMBER_FEATURES),
                "dense vector of member_features_dim per request", optional="member_features_dim"),
+    ModelInput("member_id", "member_id", "int64", (BATCH,),
+               "the raw member id; the graph takes it modulo member_id_hash_buckets for a learned member "
+               "embedding", bounds=(-(2**63), 2**63 - 1), optional="member_id_hash_buckets"),
 )  # fmt: skip
 
 INPUTS: dict[str, ModelInput] = {i.name: i for i in MODEL_INPUTS}
@@ -117,6 +120,7 @@ class ModelInputs(MutableMapping):
     candidate_mask: Any = None
     candidate_image_idx: Any = None
     member_features: Any = None
+    member_id: Any = None
 
     @classmethod
     def of(cls, inputs: ModelInputs | Mapping[str, Any]) -> ModelInputs:
@@ -161,11 +165,14 @@ class ModelInputs(MutableMapping):
         return sum(v is not None for _, v in self._fields())
 
 
-def active_inputs(image_id_hash_buckets: int, member_features_dim: int) -> list[ModelInput]:
+def active_inputs(
+    image_id_hash_buckets: int, member_features_dim: int, member_id_hash_buckets: int = 0
+) -> list[ModelInput]:
     """The inputs of a model with these settings (``ModelConfig``), in export order."""
     present = {
         "image_id_hash_buckets": image_id_hash_buckets > 0,
         "member_features_dim": member_features_dim > 0,
+        "member_id_hash_buckets": member_id_hash_buckets > 0,
     }
     return [i for i in MODEL_INPUTS if i.optional is None or present[i.optional]]
 

@@ -289,6 +289,7 @@ def table_to_batch(
         )
 
     t = torch.from_numpy
+    member_id = t(np.array(col("member_id").to_numpy(), dtype=np.int64))
     inputs = ModelInputs(
         history_title_idx=t(hist_idx),
         history_mask=t(hist_mask),
@@ -303,10 +304,11 @@ def table_to_batch(
         candidate_mask=t(cand_mask),
         candidate_image_idx=t(cand_idx),
         member_features=member_features,
+        member_id=member_id,
     )
     return ImpressionBatch(
         inputs=inputs,
-        member_id=t(np.array(col("member_id").to_numpy(), dtype=np.int64)),
+        member_id=member_id,
         n_candidates=t(c_len.astype(np.int64)),
         action=t(action),
         pscore=t(col("propensity").to_numpy().astype(np.float32)),

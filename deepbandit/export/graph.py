@@ -51,13 +51,14 @@ OPSET = 17
 def input_names(bundle: ModelBundle) -> list[str]:
     """The graph's inputs for this bundle, in ``INPUT_NAMES`` order (``data.features.active_inputs``)."""
     cfg = bundle.model_cfg
-    return [i.name for i in active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim)]
+    return [i.name for i in active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim,
+                                          cfg.member_id_hash_buckets)]  # fmt: skip
 
 
 def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
     """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history" (from the contract)."""
     cfg = bundle.model_cfg
-    inputs = active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim)
+    inputs = active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim, cfg.member_id_hash_buckets)
     shapes = input_shapes(inputs, cfg.embedding_dim, cfg.member_features_dim)
     return {i.name: {"dtype": i.dtype, "shape": shapes[i.name]} for i in inputs}
 

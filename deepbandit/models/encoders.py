@@ -67,6 +67,7 @@ class ModelConfig:
     last_layer_dropout: float = 0.0
     pooling: str = "mean"  # history pooling: "mean" (embedding bag) or "attention" (target attention)
     image_id_hash_buckets: int = 0  # 0 = no image-id embedding (content only)
+    member_id_hash_buckets: int = 0  # 0 = no member-id embedding (members known by their context only)
 
     def __post_init__(self) -> None:
         for name in ("n_titles", "n_countries", "n_languages", "n_devices", "n_images", "n_genres"):
@@ -75,8 +76,10 @@ class ModelConfig:
         for name in ("embedding_dim", "id_dim", "tower_dim", "hidden_dim", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.member_features_dim < 0 or self.image_id_hash_buckets < 0:
-            raise ValueError("ModelConfig.member_features_dim and image_id_hash_buckets must be >= 0")
+        if min(self.member_features_dim, self.image_id_hash_buckets, self.member_id_hash_buckets) < 0:
+            raise ValueError(
+                "ModelConfig.member_features_dim, image_id_hash_buckets and member_id_hash_buckets must be >= 0"
+            )
         for name in ("dropout", "last_layer_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -224,7 +227,14 @@ class MemberTower(nn.Module):
             StackedLinear(n_members, e, e, bias=False) if cfg.pooling == "attention" else None
         )
         self.member_features_dim = cfg.member_features_dim
-        n_in = 5 * e + N_CONTEXT_SCALARS + cfg.member_features_dim
+        # a learned embedding per hashed member id (member_id modulo the bucket count): what a member's
+        # own past rewards say beyond the context (idiosyncratic tastes); zero at the start, so training
+        # begins from the context alone, and a member first seen in serving shares a bucket's embedding
+        self.member_buckets = cfg.member_id_hash_buckets
+        self.member_ids = (
+            StackedEmbedding(n_members, self.member_buckets, e, std=0.0) if self.member_buckets else None
+        )
+        n_in = (6 if self.member_buckets else 5) * e + N_CONTEXT_SCALARS + cfg.member_features_dim
         self.mlp = StackedMLP(n_members, n_in, cfg.hidden_dim, cfg.tower_dim, cfg.dropout)
 
     def _items(self, idx: Tensor) -> Tensor:
@@ -277,17 +287,20 @@ class MemberTower(nn.Module):
                 raise ValueError(f"member_features (B, {self.member_features_dim}) is required by this model")
             dense = torch.cat([dense, member_features.to(dense.dtype)], dim=-1)
         k = title.shape[0]
-        features = torch.cat(
-            [
-                history,
-                title,
-                self.countries(x.country_idx),
-                self.languages(x.language_idx),
-                self.devices(x.device_idx),
-                dense.unsqueeze(0).expand(k, *dense.shape),
-            ],
-            dim=-1,
-        )  # (K, B, n_in)
+        parts = [
+            history,
+            title,
+            self.countries(x.country_idx),
+            self.languages(x.language_idx),
+            self.devices(x.device_idx),
+        ]
+        if self.member_ids is not None:
+            if x.member_id is None:
+                raise ValueError(
+                    f"member_id (B,) is required by this model (member_id_hash_buckets={self.member_buckets})"
+                )
+            parts.append(self.member_ids(torch.remainder(x.member_id, self.member_buckets)))
+        features = torch.cat([*parts, dense.unsqueeze(0).expand(k, *dense.shape)], dim=-1)  # (K, B, n_in)
         return self.mlp(features, dropout_active, n_samples)
 
 
@@ -449,4 +462,6 @@ def random_inputs(
     }
     if cfg.member_features_dim:
         inputs["member_features"] = torch.randn(b, cfg.member_features_dim, generator=g)
+    if cfg.member_id_hash_buckets:
+        inputs["member_id"] = ints(0, 10**12, b)
     return ModelInputs(**inputs)

@@ -384,6 +384,8 @@ def build_inputs(
     )
     if "member_features" in input_names:
         feeds["member_features"] = batch.member_features[rows]
+    if "member_id" in input_names:
+        feeds["member_id"] = batch.member_id[rows].astype(np.int64)
     return GraphInputs(rows, {n: feeds[n] for n in input_names})
 
 

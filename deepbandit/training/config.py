@@ -57,6 +57,8 @@ class ModelGroupConfig:
     last_layer_dropout: float = 0.0  # dropout on the head's last hidden layer, in [0, 1)
     pooling: str = "mean"  # pooling of the viewing history: mean | attention
     image_id_hash_buckets: int = 0  # hash buckets of a learned image-id embedding; 0 = none (content only)
+    # buckets of a learned member-id embedding (member_id modulo buckets); 0 = none (context only)
+    member_id_hash_buckets: int = 0
 
     def model_config(
         self, vocabs, n_genres: int, embedding_dim: int, member_features_dim: int
@@ -79,6 +81,7 @@ class ModelGroupConfig:
             last_layer_dropout=self.last_layer_dropout,
             pooling=self.pooling,
             image_id_hash_buckets=self.image_id_hash_buckets,
+            member_id_hash_buckets=self.member_id_hash_buckets,
         )
 
 

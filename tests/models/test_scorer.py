@@ -291,3 +291,37 @@ def test_model_config_rejects_bad_values(field, value, message):
 def test_title_genres_shape_is_checked():
     with pytest.raises(ValueError, match=r"title_genres has shape \(21, 5\), expected"):
         ArtworkScorer(CFG, torch.zeros(21, 5))
+
+
+def test_member_id_embedding_learns_what_the_context_cannot_say():
+    """Two members in the same context prefer opposite images: only a model with member_id_hash_buckets
+    can tell them apart (without it member_id is not even an input and both get the same logits)."""
+    import torch.nn.functional as F
+
+    cfg = replace(CFG, member_id_hash_buckets=17)
+    g = torch.Generator().manual_seed(0)
+    x = random_inputs(cfg, 1, 2, 3, generator=g)
+    n = 64
+    same = x.apply(lambda v: v.expand(n, *v.shape[1:]).clone())
+    same = same.replace(candidate_mask=torch.ones(n, 2, dtype=torch.bool))
+    member = torch.arange(n) % 2
+    inputs = same.replace(member_id=member * 1000 + 3)  # ids 3 and 1003: buckets 3 and 15
+    action = torch.randint(0, 2, (n,), generator=g)
+    reward = (action == member).float()  # member 0 plays image 0, member 1 image 1
+    for buckets in (17, 0):
+        torch.manual_seed(0)
+        model = ArtworkScorer(replace(cfg, member_id_hash_buckets=buckets), _genres(cfg))
+        feed = inputs if buckets else inputs.replace(member_id=None)
+        opt = torch.optim.Adam(model.parameters(), lr=0.03)
+        for _ in range(150):
+            logit = model(feed).gather(1, action[:, None]).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logit, reward)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pick = model(feed).argmax(1)
+        if buckets:
+            assert torch.equal(pick, member)
+        else:
+            assert (pick == pick[0]).all()  # one choice for both members

@@ -22,7 +22,7 @@ CPU = ["CPUExecutionProvider"]
 def _perturb_ids(model) -> None:
     with torch.no_grad():  # the hashed id embedding starts at zero; make it matter for the test
         for name, p in model.named_parameters():
-            if "image_tower.ids" in name:
+            if "image_tower.ids" in name or "member_tower.member_ids" in name:
                 p.normal_()
 
 
@@ -31,10 +31,13 @@ def make_bundle(tiny_bundle):
     """A freshly initialised small model (hashed image ids on) on conftest's tiny catalogue: titles
     100..119, images 1000..1049, countries DE/FR/US, languages de/en, devices tv/web, two genres."""
 
-    def build(kind: str = "none", seed: int = 0, member_features_dim: int = 0) -> ModelBundle:
+    def build(
+        kind: str = "none", seed: int = 0, member_features_dim: int = 0, member_buckets: int = 0
+    ) -> ModelBundle:
         return tiny_bundle(
             kind, seed, n_members=4, genres=2, prior_scale=0.0, image_id_hash_buckets=7,
-            member_features_dim=member_features_dim, meta={"max_history": 4}, prepare=_perturb_ids,
+            member_features_dim=member_features_dim, member_id_hash_buckets=member_buckets,
+            meta={"max_history": 4}, prepare=_perturb_ids,
         )  # fmt: skip
 
     return build
@@ -43,8 +46,9 @@ def make_bundle(tiny_bundle):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, make_bundle):
     out = {}
-    for kind in ("none", "ensemble"):
-        bundle = make_bundle(kind)
+    for kind in ("none", "ensemble", "members"):
+        # "members": one network with a hashed member-id embedding (member_id is a graph input)
+        bundle = make_bundle("none", member_buckets=13) if kind == "members" else make_bundle(kind)
         policy = {"name": "thompson", "kind": "ensemble"} if kind == "ensemble" else {"name": "greedy"}
         path = tmp_path_factory.mktemp(kind)
         export_bundle(bundle, path, policy=policy, parity_batch_sizes=(3,), parity_candidates=(4,))
@@ -89,7 +93,7 @@ def torch_scores(bundle: ModelBundle, table: pa.Table) -> np.ndarray:
         return bundle.build_model()(inputs).numpy()
 
 
-@pytest.mark.parametrize("kind", ["none", "ensemble"])
+@pytest.mark.parametrize("kind", ["none", "ensemble", "members"])
 def test_scores_match_torch_on_training_features(exported, kind):
     bundle, path = exported[kind]
     service = ArtworkService.from_dir(path, providers=CPU)
@@ -104,7 +108,9 @@ def test_scores_match_torch_on_training_features(exported, kind):
     np.testing.assert_allclose(out.scores[:, : ref.shape[1]][mask], ref[mask], atol=1e-5)
     chosen_pos = out.action
     np.testing.assert_array_equal(out.propensity, out.action_dist[np.arange(300), chosen_pos])
-    if kind == "none":  # greedy: the best valid candidate, propensity 1
+    if kind == "members":
+        assert "member_id" in service.input_names
+    if kind != "ensemble":  # greedy: the best valid candidate, propensity 1
         np.testing.assert_array_equal(chosen_pos, np.where(mask, ref, -np.inf).argmax(1))
         assert (out.propensity == 1).all() and out.propensity_kind == "exact"
     else:  # Thompson on 4 members: the share of members whose best is the chosen one
