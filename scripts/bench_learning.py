@@ -75,7 +75,9 @@ def run(name: str, work: Path, seed: int, extra: list[str], n_impressions: int |
     register_schemas()
     started = time.perf_counter()
     with initialize_config_module(config_module="deepbandit.conf", version_base="1.3"):
-        simulate.run(compose("simulate", overrides=[*sim_over, f"seed={seed}", f"out_dir={data}"]))
+        simulate.run(
+            compose("simulate", overrides=[*sim_over, f"seed={seed}", f"out_dir={data}", "overwrite=true"])
+        )
         overrides = ["experiment=quickstart", f"data.path={data}", "out_dir=null", "trainer.progress=false",
                      "trainer.logger=none", f"trainer.seed={seed}", *train_over, *extra]  # fmt: skip
         cfg = typed_config(compose("train", overrides=overrides))
