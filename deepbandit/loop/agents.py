@@ -234,9 +234,9 @@ class DeepAgentsConfig:
     previous weights and optimiser state (warm start): ``epochs`` passes over everything the agent logged,
     or ``steps_per_round`` minibatch steps drawn from it. A neural-linear posterior (a conjugate Bayesian
     last layer) is updated exactly after every round and refitted on the whole log after each retrain,
-    when its features have moved. serve: "onnx" (export after every retrain and decide through
-    ``ArtworkService``: the real hand-off) or "torch" (the torch model on the same features; faster, for
-    tests and sweeps).
+    when its features have moved. serve: "onnx" (decide through ``ArtworkService``: the real hand-off; a
+    full export every ``export_every`` retrains, the new weights put into the same graph in between) or
+    "torch" (the torch model on the same features; faster, for tests and sweeps).
     """
 
     # The defaults are conf/loop.yaml's choices (model=small, uncertainty=ensemble with 3 members and no
@@ -278,7 +278,7 @@ class DeepAgentsConfig:
     lr_decay_after: int | None = None
     # rounds between retrains of the network (a neural-linear last layer is updated every round)
     retrain_every: int = 1
-    serve: str = "onnx"  # onnx: export + ArtworkService after every retrain; torch: the torch model
+    serve: str = "onnx"  # onnx: the exported graph through ArtworkService; torch: the torch model
     # serve=onnx: a full export (trace, parity check, manifest) on the first retrain and every this many
     # after it; in between, the served session takes the new weights as initializers (the same graph)
     export_every: int = 10
@@ -334,16 +334,13 @@ class DeepAgentsConfig:
         unc = self.uncertainty_of(agent)
         check_uncertainty(unc, self.model.dropout, self.model.last_layer_dropout)
         offers = capabilities(unc)
-        where = (
-            f"deep.posteriors.{agent.removeprefix('deep_')}"
-            if agent.removeprefix("deep_") in self.posteriors
-            else "deep.uncertainty"
-        )
+        name = agent.removeprefix("deep_")
+        where = f"deep.posteriors.{name}" if name in self.posteriors else "deep.uncertainty"
         if policy.name == "thompson" and offers.posterior == "none":
             raise ConfigError(f"loop agent {agent}: thompson needs {where} with a posterior, got {unc.kind}")
         if policy.name == "thompson" and self.serve == "onnx" and not offers.exported_posterior:
             raise ConfigError(
-                f"loop agent {agent}: {where}={unc.kind} is not served through ONNX (ensembles are); "
+                f"loop agent {agent}: {where}={unc.kind} is not served through ONNX (ensembles and neural-linear are); "
                 "use deep.serve=torch"
             )
         policy.build(offers.thompson_kind)
