@@ -139,23 +139,32 @@ def test_neural_linear_agent_beats_uniform_and_the_unpersonalised_bandit(tmp_pat
     assert result["agents"]["deep_neural_linear"]["normalized_regret"] < 50
 
 
+def _played(agent_name: str, cfg, seed: int, n_requests: int, n_rounds: int = 4):
+    """A deep agent deciding and learning from a Wheel stream (delta 0.5): yields (agent, featurizer,
+    requests) after each round it has learned from."""
+    from deepbandit.loop.agents import DeepAgent, Featurizer
+
+    env = WheelEnvironment(0.5, seed=seed)
+    env.reset(seed)
+    rounds = [env.next_requests(n_requests) for _ in range(n_rounds)]
+    featurizer = Featurizer(env, rounds[0])
+    agent = DeepAgent(agent_name, featurizer, cfg, seed=0, work_dir=None)
+    rng = np.random.default_rng(0)
+    for requests in rounds:
+        decisions = agent.act(requests, rng)
+        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+        yield agent, featurizer, requests
+
+
 def test_neural_linear_last_layer_holds_every_logged_row_after_each_round():
     """Between retrains the conjugate last layer is updated with each round in closed form; after a
     retrain it is refitted on the whole log. Either way it equals a fit from scratch on everything logged
     at the current features (nothing forgotten, nothing counted twice)."""
     from deepbandit.data.tensors import ImpressionBatch
-    from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
+    from deepbandit.loop.agents import DeepAgentsConfig
 
-    env = WheelEnvironment(0.5, seed=2)
-    env.reset(2)
-    rounds = [env.next_requests(120) for _ in range(4)]
-    featurizer = Featurizer(env, rounds[0])
     cfg = DeepAgentsConfig(serve="torch", steps_per_round=5, retrain_every=3)
-    agent = DeepAgent("deep_neural_linear", featurizer, cfg, seed=0, work_dir=None)
-    rng = np.random.default_rng(0)
-    for k, requests in enumerate(rounds):
-        decisions = agent.act(requests, rng)
-        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+    for k, (agent, _, _) in enumerate(_played("deep_neural_linear", cfg, seed=2, n_requests=120)):
         # rounds 1 and 4 retrain (warm-up 1, then every 3); rounds 2 and 3 only update the last layer
         logged = ImpressionBatch.cat(agent.logged)
         state = {k: v.clone() for k, v in agent.model.blr.state_dict().items()}
@@ -232,19 +241,11 @@ def test_onnx_serving_takes_new_weights_without_a_new_export(agent_name):
     """serve=onnx: one full export, then every retrain (and every neural-linear last-layer update) hands
     the new weights to the served session; the service's scores and posterior draws stay those of the
     torch model (the policy and its propensities are exact)."""
-    from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
+    from deepbandit.loop.agents import DeepAgentsConfig
 
-    env = WheelEnvironment(0.5, seed=4)
-    env.reset(4)
-    rounds = [env.next_requests(60) for _ in range(4)]
-    featurizer = Featurizer(env, rounds[0])
     cfg = DeepAgentsConfig(serve="onnx", steps_per_round=3, export_every=10)
-    agent = DeepAgent(agent_name, featurizer, cfg, seed=0, work_dir=None)
-    rng = np.random.default_rng(0)
     noise = torch.randn(6, cfg.model.head_dim + 1, generator=torch.Generator().manual_seed(1))
-    for requests in rounds:
-        decisions = agent.act(requests, rng)
-        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+    for agent, featurizer, requests in _played(agent_name, cfg, seed=4, n_requests=60):
         feeds = featurizer(requests, agent.input_names)
         if agent.conjugate:
             feeds["posterior_noise"] = noise.numpy()
@@ -285,18 +286,11 @@ def test_neural_linear_is_served_through_onnx_with_its_posterior_refreshed_every
 
 
 def test_learning_rate_decays_after_the_configured_retrains():
-    from deepbandit.loop.agents import DeepAgent, DeepAgentsConfig, Featurizer
+    from deepbandit.loop.agents import DeepAgentsConfig
 
-    env = WheelEnvironment(0.5, seed=5)
-    env.reset(5)
-    rounds = [env.next_requests(40) for _ in range(4)]
-    featurizer = Featurizer(env, rounds[0])
     cfg = DeepAgentsConfig(serve="torch", steps_per_round=1, lr_decay_after=2)
-    agent = DeepAgent("deep_greedy", featurizer, cfg, seed=0, work_dir=None)
-    rng, lrs = np.random.default_rng(0), []
-    for requests in rounds:
-        decisions = agent.act(requests, rng)
-        agent.learn(requests, decisions, env.sample_rewards(requests, decisions.action))
+    lrs = []
+    for agent, _, _ in _played("deep_greedy", cfg, seed=5, n_requests=40):
         lrs.append(agent.optimizer.param_groups[0]["lr"])
     base = cfg.optim.lr
     np.testing.assert_allclose(lrs, [base, base, base * np.sqrt(2 / 3), base * np.sqrt(2 / 4)])
