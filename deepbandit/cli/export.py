@@ -24,6 +24,7 @@ from deepbandit.cli._hydra import (
 from deepbandit.cli._hydra import (
     console as cli_console,
 )
+from deepbandit.data.layout import checked_name
 from deepbandit.policies.config import PolicyConfig
 
 
@@ -74,6 +75,7 @@ def run(cfg: DictConfig | ExportConfig) -> dict:
 @entry_point("export")
 def main(cfg: DictConfig) -> None:
     require_file(cfg.bundle, "bundle", BUNDLE_FILE)
+    checked_name(cfg.model_name, "model_name")  # before the bundle loads: it names triton/<model_name>/
     summary = run(cfg)
     table = Table(title=f"exported to {summary['out_dir']}: onnxruntime vs torch")
     for col in ("variant", "batch", "candidates", "max |diff|", "allowed", "same choice"):

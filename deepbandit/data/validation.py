@@ -1002,10 +1002,13 @@ def validate_dataset(
     if mode == "quarantine" and quarantine_dir is None:
         raise ConfigError("quarantine mode needs a quarantine_dir")
     if quarantine_dir is not None:
-        q = Path(quarantine_dir).resolve()
-        imp = (root / IMPRESSIONS_DIR).resolve()
-        if q.is_relative_to(imp) and not _hidden(q.relative_to(imp)):
-            raise ConfigError(f"quarantine_dir {q} lies inside {imp}: its files would be read as impressions")
+        # the rows set aside must never become part of the dataset they were taken from (nor overwrite it)
+        q, data = Path(quarantine_dir).resolve(), root.resolve()
+        if q.is_relative_to(data):
+            raise ConfigError(
+                f"quarantine_dir {quarantine_dir} lies inside the dataset {root}: put it outside the dataset "
+                "folder, so that its files are never read or validated as part of the data"
+            )
     strict = mode == "strict"
 
     # 0. every footer and schema before any data: unreadable files and drift fail fast

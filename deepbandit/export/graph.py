@@ -29,7 +29,6 @@ boundary), so the serving code feeds the same arrays to both variants.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -180,14 +179,6 @@ def export_graph(
             dynamo=False,  # the legacy tracer: fast, and verified with dynamic axes (docs/models-and-losses.md)
         )
     return path
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def embed_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from deepbandit.atomic import atomic_file
+from deepbandit.data.layout import checked_name, file_sha256
 from deepbandit.data.schema import (
     EXPORT_IMAGES_FILE,
     EXPORT_MODEL_FILE,
@@ -20,7 +21,7 @@ from deepbandit.data.schema import (
     MANIFEST_FILE,
 )
 from deepbandit.errors import ConfigError
-from deepbandit.export.graph import embed_metadata, export_graph, noise_spec, sha256
+from deepbandit.export.graph import embed_metadata, export_graph, noise_spec
 from deepbandit.export.manifest import build_manifest, write_manifest
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
@@ -92,6 +93,7 @@ def export_bundle(
     max_history: history entries kept per request (default: bundle.meta or the contract's MAX_HISTORY).
     fold_constants: see ``export_graph`` (False: the weights stay replaceable in a serving session).
     """
+    checked_name(model_name, "model_name")  # triton/<model_name>/ must stay inside out_dir
     if triton and noise_spec(bundle):
         raise ConfigError(
             f"triton=true: Triton's dynamic batching needs every input to lead with the batch axis, and this "
@@ -128,7 +130,7 @@ def export_bundle(
     for key in ("model", "model_fp16"):
         if key in files:
             embed_metadata(files[key], {k: v for k, v in manifest.items() if k != "files"})
-    manifest["files"] = {k: {"path": p.name, "sha256": sha256(p)} for k, p in files.items()}
+    manifest["files"] = {k: {"path": p.name, "sha256": file_sha256(p)} for k, p in files.items()}
     write_manifest(manifest, out / MANIFEST_FILE)
     files["manifest"] = out / MANIFEST_FILE
     if triton:

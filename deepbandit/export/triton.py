@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from deepbandit.data.layout import checked_name
+
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "bool": "TYPE_BOOL"}
 
 
@@ -74,7 +76,7 @@ def write_triton_repository(
 ) -> Path:
     """Write ``<root>/<model_name>/config.pbtxt`` and ``<root>/<model_name>/1/model.onnx``; return the
     model folder. ``config``: keyword arguments of :func:`triton_config`."""
-    folder = Path(root) / model_name
+    folder = Path(root) / checked_name(model_name, "model_name")
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / "1" / "model.onnx")
     (folder / "config.pbtxt").write_text(triton_config(manifest, model_name, **config))

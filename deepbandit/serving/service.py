@@ -10,6 +10,8 @@ Needs numpy and onnxruntime only (pyarrow is imported lazily, for Arrow input an
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -20,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from deepbandit.data.layout import MANIFEST_FILE
+from deepbandit.data.layout import MANIFEST_FILE, inside
 from deepbandit.data.vocab import Vocab
+from deepbandit.errors import DataError
 from deepbandit.policies import Policy, Thompson, make_policy
 from deepbandit.serving.features import (
     ImageIndex,
@@ -116,8 +119,8 @@ class ArtworkService:
         key = "model_fp16" if fp16 else "model"
         if key not in manifest["files"]:
             raise FileNotFoundError(f"{path}: the export has no {key} file (export with fp16=true)")
-        session = OnnxSession(root / manifest["files"][key]["path"], providers, intra_op_threads)
-        embeddings = np.load(root / manifest["files"]["images"]["path"])
+        session = OnnxSession(_verified_bytes(root, manifest, key), providers, intra_op_threads)
+        embeddings = np.load(io.BytesIO(_verified_bytes(root, manifest, "images")), allow_pickle=False)
         if not isinstance(policy, Policy):
             spec = dict(policy if policy is not None else manifest["policy"])
             policy = make_policy(spec.pop("name"), **spec)
@@ -277,3 +280,22 @@ class ArtworkService:
             fields.append(next(f for f in OPTIONAL_IMPRESSION_FIELDS if f.name == "member_features"))
         schema = pa.schema(fields, metadata=IMPRESSIONS_SCHEMA.metadata)
         return pa.table([columns[f.name] for f in fields], schema=schema)
+
+
+def _verified_bytes(root: Path, manifest: dict[str, Any], key: str) -> bytes:
+    """The bytes of the manifest's file ``key``, read once: its path must stay inside the export folder and
+    its SHA-256 must match the manifest's, so a tampered or swapped file is refused before it is used."""
+    where = f"{root / MANIFEST_FILE} files.{key}"
+    entry = manifest["files"].get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise DataError(f"{where}: no sha256 recorded; re-export the model with `deepbandit export`")
+    path = inside(root, entry.get("path"), f"{where}.path")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}.path: {path} does not exist")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DataError(
+            f"{where}: {path.name} does not match the manifest's sha256 (changed or corrupted since export); "
+            "re-export, or restore the exported file"
+        )
+    return data

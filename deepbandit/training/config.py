@@ -111,7 +111,10 @@ class TrainerConfig(OptimConfig):
     seed: int = 0  # seeds the initial weights, the batch order and the validation draws
     logger: str = "csv"  # csv | tensorboard | mlflow | none
     monitor: str = "val/snips_greedy"  # metric whose maximum ModelCheckpoint keeps
-    ckpt_path: str | None = None  # resume from this Lightning checkpoint
+    ckpt_path: str | None = (
+        None  # resume from this Lightning checkpoint (loaded weights-only: no pickled code)
+    )
+    allow_remote_ckpt: bool = False  # let ckpt_path be a URL (http://, s3://, ...) rather than a local file
     progress: bool = True  # show the progress bar
     progress_every_n_steps: int = 1  # progress bar refresh (each refresh reads the loss: a host sync)
     log_every_n_steps: int = 50  # training steps between logged training metrics

@@ -71,8 +71,8 @@ def main() -> None:
     multi = train(config(data, processes), out_dir=out / "ddp")
     if not multi:  # a non-zero rank: rank 0 compares
         return
-    a = torch.load(out / "single" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(out / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(out / "single" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(out / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     diff = max(float((a["state_dict"][k] - b["state_dict"][k]).abs().max()) for k in a["state_dict"])
     result = {
         "processes": processes,

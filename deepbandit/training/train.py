@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import validate_dataset
-from deepbandit.errors import ConfigError
+from deepbandit.errors import ConfigError, DataError
 from deepbandit.evaluation.baselines import fit_take_rates, logged_rows
 from deepbandit.evaluation.epoch_metrics import ValidationMetrics
 from deepbandit.evaluation.ground_truth import true_values
@@ -37,7 +37,7 @@ from deepbandit.models.encoders import ImageEmbeddingLookup, ModelConfig, model_
 from deepbandit.models.uncertainty import build_scorer, capabilities
 from deepbandit.sim.world import World
 from deepbandit.training.callbacks import EpochLines, FiniteLossCheck, StreamEpoch, TrueValueMonitor
-from deepbandit.training.config import TrainConfig, check_choices, typed_config
+from deepbandit.training.config import TrainConfig, TrainerConfig, check_choices, typed_config
 from deepbandit.training.datamodule import BanditDataModule
 from deepbandit.training.fit import TrainingStep, fit_conjugate_posterior, make_optimizer
 from deepbandit.training.module import BanditModule
@@ -207,6 +207,39 @@ def _jsonable(x):
     return x
 
 
+# ckpt_path values that Lightning resolves itself, inside the run's own checkpoint folder
+_LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(trainer: TrainerConfig) -> None:
+    """A resume checkpoint must be a local file, or a URL with ``allow_remote_ckpt``; either way it is
+    loaded weights-only (tensors and plain containers), so a crafted checkpoint cannot run code."""
+    path = trainer.ckpt_path
+    if path is None or path in _LIGHTNING_CKPT_KEYWORDS:
+        return
+    if "://" in path:
+        if not trainer.allow_remote_ckpt:
+            raise ConfigError(
+                f"trainer.ckpt_path={path!r} is a URL; download it and pass the local file, or set "
+                "trainer.allow_remote_ckpt=true to let Lightning fetch it"
+            )
+        return
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"trainer.ckpt_path={path!r}: no such file (a Lightning checkpoint, e.g. <run>/checkpoints/last.ckpt)"
+        )
+    try:  # read here, weights-only, so that a crafted or foreign file is refused in one line before training
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...: all mean "not ours"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"trainer.ckpt_path={path!r}: refused, not a checkpoint that loads weights-only (tensors and plain "
+            f"containers; anything else could run code when unpickled): {first[:200]}"
+        ) from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"trainer.ckpt_path={path!r}: not a Lightning checkpoint (no state_dict)")
+
+
 def train(
     cfg: DictConfig | TrainConfig, out_dir: str | Path | None = None, callbacks: list | None = None
 ) -> dict:
@@ -226,6 +259,7 @@ def train(
             ", loss.".join(unused),
             cfg.loss.name,
         )
+    check_ckpt_path(cfg.trainer)
     out = Path(out_dir or cfg.out_dir or "outputs/train")
     out.mkdir(parents=True, exist_ok=True)
     logger = _logger(cfg, out)  # now, so that a logger whose package is missing fails before the data loads
@@ -254,14 +288,15 @@ def train(
         callbacks.append(monitor)
     trainer = build_trainer(cfg, out, logger, callbacks)
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.trainer.ckpt_path)
+    # weights_only: a checkpoint holds tensors and plain containers; unpickling anything else could run code
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.trainer.ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - fit_start
     if trainer.global_rank != 0:
         return {}
 
     checkpoint = trainer.checkpoint_callback
     if checkpoint.best_model_path:  # the bundle holds the best weights by the monitored policy value
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     posterior_rows = None
     if capabilities(cfg.uncertainty).conjugate_last_layer:

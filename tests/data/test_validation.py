@@ -35,6 +35,11 @@ from deepbandit.data.validation import (
 N_TITLES, IMAGES_PER_TITLE, EMBEDDING_DIM, MEMBER_DIM, N_ROWS = 4, 3, 4, 3, 24
 
 
+def _outside(tmp_path):
+    """A quarantine folder beside the dataset at ``tmp_path`` (inside it is refused)."""
+    return tmp_path.with_name(tmp_path.name + "-quarantine")
+
+
 # --- a tiny valid world -----------------------------------------------------------------------------
 
 
@@ -758,13 +763,13 @@ PART1 = "impressions/day=2024-05-02/part-0.parquet"
 def test_valid_dataset_passes(tmp_path):
     write_dataset(tmp_path)
     for mode in ("strict", "quarantine"):
-        report = validate_dataset(tmp_path, mode, quarantine_dir=tmp_path / "q", batch_size=5)
+        report = validate_dataset(tmp_path, mode, quarantine_dir=_outside(tmp_path), batch_size=5)
         assert [r.file for r in report.files] == ["titles.parquet", "images.parquet", PART0, PART1]
         assert report.rows_read == N_TITLES + N_TITLES * IMAGES_PER_TITLE + 22
         assert report.rows_kept == report.rows_read and report.rows_quarantined == 0
         assert not report.reasons
         assert report.skipped == []
-    assert not (tmp_path / "q").exists()
+    assert not (_outside(tmp_path)).exists()
     # a stray non-Parquet file is not read (as by the readers) but is listed, not passed over in silence
     (tmp_path / "impressions" / "notes.csv").write_text("a,b\n")
     assert validate_dataset(tmp_path).skipped == ["impressions/notes.csv"]
@@ -788,7 +793,7 @@ def test_quarantine_across_files(tmp_path):
         validate_dataset(tmp_path)
     assert (err.value.file, err.value.column, err.value.row) == ("images.parquet", "embedding", 0)
 
-    report = validate_dataset(tmp_path, "quarantine", quarantine_dir=tmp_path / "q", batch_size=3)
+    report = validate_dataset(tmp_path, "quarantine", quarantine_dir=_outside(tmp_path), batch_size=3)
     by_file = {r.file: r for r in report.files}
     for r in report.files:
         assert r.rows_read == r.rows_kept + r.rows_quarantined
@@ -796,16 +801,16 @@ def test_quarantine_across_files(tmp_path):
     assert sum(report.reasons.values()) == report.rows_quarantined
 
     assert by_file["images.parquet"].rows_quarantined == 1
-    q_images = pq.read_table(tmp_path / "q" / "images.parquet.quarantine.parquet")
+    q_images = pq.read_table(_outside(tmp_path) / "images.parquet.quarantine.parquet")
     assert q_images.column("image_id").to_pylist() == [image_id(0, 0)]
     assert q_images.column("reason").to_pylist() == ["embedding contains NaN or infinity"]
 
     # impressions showing the quarantined image lose it as an unknown id
-    q0 = pq.read_table(tmp_path / "q" / (PART0 + ".quarantine.parquet"))
+    q0 = pq.read_table(_outside(tmp_path) / (PART0 + ".quarantine.parquet"))
     assert using_1000 and q0.column("row").to_pylist() == using_1000
     assert set(q0.column("reason").to_pylist()) == {"candidate image id not in the images table"}
 
-    q1 = pq.read_table(tmp_path / "q" / (PART1 + ".quarantine.parquet"))
+    q1 = pq.read_table(_outside(tmp_path) / (PART1 + ".quarantine.parquet"))
     rows1 = dict(zip(q1.column("row").to_pylist(), q1.column("reason").to_pylist(), strict=True))
     assert rows1[7] == "request_id is duplicated"
     assert rows1[5] == "candidate image id not in the images table"
@@ -813,7 +818,7 @@ def test_quarantine_across_files(tmp_path):
     assert q1.column("request_id").to_pylist() == [
         part1.column("request_id")[r].as_py() for r in sorted(rows1)
     ]
-    assert not (tmp_path / "q" / "titles.parquet.quarantine.parquet").exists()
+    assert not (_outside(tmp_path) / "titles.parquet.quarantine.parquet").exists()
 
 
 def test_duplicate_request_id_across_files_strict(tmp_path):
@@ -938,7 +943,7 @@ def test_file_level_problems_name_the_file(tmp_path, mode, name, mutate, file, c
     write_dataset(tmp_path)
     mutate(tmp_path)
     with pytest.raises(ValidationError) as err:
-        validate_dataset(tmp_path, mode, quarantine_dir=tmp_path / "q")
+        validate_dataset(tmp_path, mode, quarantine_dir=_outside(tmp_path))
     assert (err.value.file, err.value.column) == (file, column), str(err.value)
     assert fragment in str(err.value)
     assert str(err.value).startswith(f"{file}: ")
@@ -947,11 +952,11 @@ def test_file_level_problems_name_the_file(tmp_path, mode, name, mutate, file, c
 def test_quarantine_files_are_replaced_on_rerun(tmp_path):
     part1 = set_cell(make_world(n_rows=12, seed=2, first_request=100)["impressions"], "hour", 2, 30)
     write_dataset(tmp_path, [make_world(n_rows=10, seed=1)["impressions"], part1])
-    q = tmp_path / "q" / (PART1 + ".quarantine.parquet")
-    assert validate_dataset(tmp_path, "quarantine", tmp_path / "q").rows_quarantined == 1
+    q = _outside(tmp_path) / (PART1 + ".quarantine.parquet")
+    assert validate_dataset(tmp_path, "quarantine", _outside(tmp_path)).rows_quarantined == 1
     assert pq.read_table(q).column("row").to_pylist() == [2]
     write_parquet_atomic(set_cell(part1, "hour", 2, 3), tmp_path / PART1)
-    assert validate_dataset(tmp_path, "quarantine", tmp_path / "q").rows_quarantined == 0
+    assert validate_dataset(tmp_path, "quarantine", _outside(tmp_path)).rows_quarantined == 0
     assert not q.exists()
 
 
@@ -959,8 +964,9 @@ def test_quarantine_needs_a_directory(tmp_path):
     write_dataset(tmp_path)
     with pytest.raises(ValueError, match="quarantine_dir"):
         validate_dataset(tmp_path, "quarantine")
-    with pytest.raises(ValueError, match="would be read as impressions"):
-        validate_dataset(tmp_path, "quarantine", tmp_path / "impressions" / "q")
+    for inside in ("impressions/q", "impressions/_q", ".", "q"):  # anywhere in the dataset, hidden or not
+        with pytest.raises(ValueError, match="lies inside the dataset"):
+            validate_dataset(tmp_path, "quarantine", tmp_path / inside)
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -979,7 +985,7 @@ def test_cli_run_returns_counts(tmp_path):
     part1 = set_cell(make_world(n_rows=12, seed=2, first_request=100)["impressions"], "propensity", 0, 0.0)
     write_dataset(tmp_path, [make_world(n_rows=10, seed=1)["impressions"], part1])
     cfg = compose(
-        [f"dataset={tmp_path}", "mode=quarantine", f"quarantine_dir={tmp_path / 'q'}", "progress=false"]
+        [f"dataset={tmp_path}", "mode=quarantine", f"quarantine_dir={_outside(tmp_path)}", "progress=false"]
     )
     summary = run(cfg)
     assert summary["rows_quarantined"] == 1

@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
+from deepbandit.data.layout import file_sha256
 from deepbandit.data.vocab import FeatureVocabs
-from deepbandit.export.graph import read_metadata, sha256
+from deepbandit.export.graph import read_metadata
 from deepbandit.export.onnx_export import export_bundle
 from deepbandit.export.parity import FP16_ATOL, FP32_ATOL, check_parity
 from deepbandit.models.bundle import ModelBundle
@@ -119,7 +120,7 @@ def test_manifest_files_and_metadata(ensemble_export):
     assert manifest["train_window"] == ["2026-01-01", "2026-02-01"] and manifest["max_history"] == 16
     assert FeatureVocabs.from_dict(manifest["vocabularies"]) == bundle.vocabs
     for entry in manifest["files"].values():
-        assert sha256(out / entry["path"]) == entry["sha256"]
+        assert file_sha256(out / entry["path"]) == entry["sha256"]
     np.testing.assert_array_equal(np.load(out / "images.npy"), bundle.image_embedding.numpy())
     metadata = read_metadata(out / "model.onnx")
     assert metadata == {k: v for k, v in manifest.items() if k != "files"}

@@ -167,8 +167,8 @@ def test_resume_continues_exactly(small_data, tmp_path):
         _cfg(small_data, max_epochs=2, batch_size=512, ckpt_path=str(first / "checkpoints" / "last.ckpt")),
         out_dir=first,
     )
-    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == m["global_step"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
@@ -277,11 +277,11 @@ def test_seeded_runs_are_reproducible_on_cpu_and_log_to_csv(small_data, tmp_path
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         train(_cfg(small_data, max_epochs=1, logger="csv", log_every_n_steps=1), out_dir=out)
-    a, b = (torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for out in runs)
+    a, b = (torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for out in runs)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     other = train(_cfg(small_data, max_epochs=1, seed=1), out_dir=tmp_path / "c")
-    c = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    c = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert other["global_step"] > 0 and not all(torch.equal(a[k], c[k]) for k in a)
     # the CSV logger wrote the training loss and the validation policy values
     csv = next((tmp_path / "a" / "logs").rglob("metrics.csv")).read_text()
