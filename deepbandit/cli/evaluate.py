@@ -45,6 +45,7 @@ from deepbandit.evaluation.report import summary_rows, write_report
 @dataclass
 class EvaluateConfig:
     dataset: str = MISSING
+    validate: bool = True  # validate as `deepbandit validate` does first (false: logs validated before)
     bundle: str | None = None
     model_policy: str = "greedy"
     estimators: list[str] = field(default_factory=lambda: ["ips", "snips", "dm", "dr", "sndr"])
@@ -92,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(
             f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"
         )
-    table, titles, images, world = read_dataset(cfg.dataset)
+    table, titles, images, world = read_dataset(cfg.dataset, validate=cfg.validate)
     scorer = None
     if cfg.bundle is not None:
         from deepbandit.evaluation.model_policy import BundleScorer  # torch models only when one is evaluated

@@ -18,6 +18,7 @@ complete. This module only reads and writes; checking tables against the contrac
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -30,10 +31,19 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from deepbandit.atomic import atomic_file
+from deepbandit.atomic import atomic_file, write_text_atomic
+from deepbandit.data.layout import (
+    DATASET_RECORD_FILE,
+    IMAGES_FILE,
+    IMPRESSIONS_DIR,
+    TITLES_FILE,
+    file_sha256,
+)
 from deepbandit.data.schema import (
     METADATA_TABLE_KEY,
     METADATA_VERSION_KEY,
+    OPTIONAL_FIELDS,
+    REQUIRED_FIELDS,
     SCHEMA_VERSION,
 )
 from deepbandit.errors import ConfigError, DataError
@@ -56,6 +66,8 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **write_optio
     The data goes to a temporary file in the same directory (same filesystem, so the rename is atomic),
     is flushed to disk, and only then renamed over ``path``. Readers see the old file or the new one.
     """
+    # page checksums (CRC32): readers verify them, so a flipped byte in a data page fails the read
+    write_options.setdefault("write_page_checksum", True)
     with atomic_file(path) as sink:
         pq.write_table(table, sink, **write_options)
     return Path(path)
@@ -146,37 +158,84 @@ def list_parquet_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def open_dataset(path: str | os.PathLike, *, categories_as_dictionary: bool = False) -> ds.Dataset:
-    """Open a Parquet file or a (hive-partitioned) folder of them as a ``pyarrow.dataset.Dataset``.
+def open_dataset(
+    path: str | os.PathLike, *, kind: str = "impressions", categories_as_dictionary: bool = False
+) -> ds.Dataset:
+    """Open a Parquet file or a (hive-partitioned) folder of them as a ``pyarrow.dataset.Dataset`` whose
+    contract columns have the contract's stored types (:func:`canonical_schema`), whatever accepted
+    variant the files hold (int32 ids, large lists, float16, any timestamp unit or zone, all-null columns
+    of type null, another column order): the accepted physical variants are normalised here, once.
 
     Hive partition keys (``key=value`` folder names) become columns, typed by pyarrow's inference (a
-    ``date=2026-01-01`` folder gives a string column ``date``). Every file must have the same columns with
+    ``date=2026-01-01`` folder gives a string column ``date``); a key that names a contract column is
+    refused, since its folder values would replace the file's. Every file must have the same columns with
     the same types and the same deepbandit schema version, else the read would silently fill nulls or mix
-    contracts.
+    contracts. Parquet page checksums, where the writer stored them (deepbandit's writers do), are
+    verified as pages are read.
 
     Args:
+        kind: the table kind (impressions, images, titles), which says what the contract columns are.
         categories_as_dictionary: read ``country``, ``language`` and ``device`` as dictionary arrays (no
             per-row Python strings; much faster to map to vocabulary indices). Their type then differs from
             the contract's plain string, so leave it off when the table goes to validation.
 
     Raises:
         FileNotFoundError: the path does not exist or holds no Parquet file.
-        ValueError: files disagree on columns, types or schema version (naming the two files).
+        DataError: files disagree on columns, types or schema version (naming the two files), or a hive
+            partition key names a contract column.
     """
     files = list_parquet_files(path)
     root = Path(path)
     read_options = {}
     if categories_as_dictionary:
         read_options["dictionary_columns"] = list(CATEGORY_COLUMNS)
-    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(**read_options))
-    dataset = ds.dataset(
-        [str(f) for f in files],
-        format=fmt,
-        partitioning="hive" if root.is_dir() else None,
-        partition_base_dir=str(root) if root.is_dir() else None,
+    fmt = ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(**read_options),
+        default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True),
     )
-    _check_same_schema(dataset)
-    return dataset
+    layout = {
+        "format": fmt,
+        "partitioning": "hive" if root.is_dir() else None,
+        "partition_base_dir": str(root) if root.is_dir() else None,
+    }
+    physical = ds.dataset([str(f) for f in files], **layout)
+    _check_same_schema(physical)
+    check_partition_keys(files, root, kind)
+    schema = canonical_schema(physical.schema, kind, categories_as_dictionary=categories_as_dictionary)
+    return ds.dataset([str(f) for f in files], schema=schema, **layout)
+
+
+def canonical_schema(schema: pa.Schema, kind: str, *, categories_as_dictionary: bool = False) -> pa.Schema:
+    """``schema`` with each contract column at the contract's stored type (other columns, such as hive
+    partition keys, as they are), in the same order and nullability (nulls are validation's business).
+
+    An embedding stored as a fixed-size list stays one (of float32); the category columns become
+    dictionaries of strings with ``categories_as_dictionary``. Only the casts validation accepts are
+    lossless here; on logs that passed validation every one is exact.
+    """
+    contract = {f.name: f.type for f in REQUIRED_FIELDS[kind] + OPTIONAL_FIELDS[kind]}
+    fields = []
+    for f in schema:
+        target = contract.get(f.name, f.type)
+        if f.name == "embedding" and pa.types.is_fixed_size_list(f.type):
+            target = pa.list_(pa.float32(), f.type.list_size)
+        if categories_as_dictionary and kind == "impressions" and f.name in CATEGORY_COLUMNS:
+            target = pa.dictionary(pa.int32(), pa.string())
+        fields.append(pa.field(f.name, target, nullable=f.nullable))
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def check_partition_keys(files: list[Path], root: Path, kind: str) -> None:
+    """Refuse hive folders (``key=value``) whose key names a contract column (validation does the same)."""
+    contract = {f.name for f in REQUIRED_FIELDS[kind] + OPTIONAL_FIELDS[kind]}
+    for f in files if root.is_dir() else []:
+        for part in f.relative_to(root).parts[:-1]:
+            key = part.split("=", 1)[0]
+            if "=" in part and key in contract:
+                raise DataError(
+                    f"{f}: hive folder {part!r} names the contract column {key!r}; its folder value would "
+                    f"replace the column's values. Rename the folder (e.g. part_{key}=...) or drop the partitioning"
+                )
 
 
 def _check_same_schema(dataset: ds.Dataset) -> None:
@@ -494,7 +553,7 @@ def _rebatch(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.
 
 def _read_single_table(path: str | os.PathLike, kind: str) -> pa.Table:
     # a dataset's schema metadata is its first file's; open_dataset checked that all files agree
-    table = open_dataset(path).to_table()
+    table = open_dataset(path, kind=kind).to_table()
     found = (table.schema.metadata or {}).get(METADATA_TABLE_KEY)
     if found is not None and found != kind.encode():
         raise DataError(f"{path}: holds a {found.decode()!r} table, expected {kind!r}")
@@ -521,6 +580,89 @@ def read_titles(path: str | os.PathLike) -> pa.Table:
     return _read_single_table(path, "titles")
 
 
+# --- the dataset record: complete only when its writer finished ---------------------------------------
+
+
+def _data_files(root: Path) -> list[Path]:
+    """The files a reader takes as data: titles, images and every impressions Parquet file."""
+    files = [root / f for f in (TITLES_FILE, IMAGES_FILE) if (root / f).exists()]
+    impressions = root / IMPRESSIONS_DIR
+    return files + (list_parquet_files(impressions) if impressions.exists() else [])
+
+
+def _footer_rows(path: Path) -> int | None:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError):
+        return None  # unreadable: reported as changed
+
+
+def begin_dataset(root: str | os.PathLike, writer: str) -> None:
+    """Mark ``root`` as being written by ``writer``: until :func:`finish_dataset`, readers refuse it, so a
+    writer killed half-way leaves a dataset that says so instead of one that validates as complete."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / DATASET_RECORD_FILE, json.dumps({"complete": False, "writer": writer}) + "\n")
+
+
+def finish_dataset(root: str | os.PathLike, writer: str) -> dict:
+    """Record every data file under ``root`` (rows, bytes, sha256) and mark the dataset complete."""
+    root = Path(root)
+    files = {}
+    for path in _data_files(root):
+        files[path.relative_to(root).as_posix()] = {
+            "rows": _footer_rows(path),
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
+    record = {"complete": True, "writer": writer, "files": files}
+    write_text_atomic(root / DATASET_RECORD_FILE, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def check_dataset_record(root: str | os.PathLike, *, hashes: bool = False) -> dict | None:
+    """Refuse a dataset whose writer did not finish, or whose files differ from what it recorded.
+
+    A dataset without a record (logs written by other tools) passes: the contract does not require one.
+    Files are compared by name, size and footer row count; with ``hashes`` also by SHA-256 (a full read).
+
+    Raises:
+        DataError: naming the dataset and the file that differs.
+    """
+    root = Path(root)
+    path = root / DATASET_RECORD_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        complete, writer = bool(record["complete"]), str(record["writer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: unreadable dataset record ({e}); rewrite the dataset") from e
+    if not complete:
+        raise DataError(
+            f"{root}: incomplete dataset: its writer ({writer}) started but did not finish (killed or failed); "
+            "run it again (with overwrite=true)"
+        )
+    recorded: dict = record.get("files") or {}
+    present = {p.relative_to(root).as_posix(): p for p in _data_files(root)}
+    for name in sorted(recorded.keys() - present.keys()):
+        raise DataError(f"{root}: {name} is missing; {writer} wrote it ({DATASET_RECORD_FILE})")
+    for name in sorted(present.keys() - recorded.keys()):
+        raise DataError(
+            f"{root}: {name} was not written by {writer} ({DATASET_RECORD_FILE} lists the files it wrote); "
+            f"remove it, or delete {DATASET_RECORD_FILE} if the change is intended"
+        )
+    for name, entry in recorded.items():
+        p = present[name]
+        same = p.stat().st_size == entry["bytes"] and _footer_rows(p) == entry["rows"]
+        if not same or (hashes and file_sha256(p) != entry["sha256"]):
+            raise DataError(
+                f"{root}: {name} changed since {writer} wrote it (size or sha256 differs from "
+                f"{DATASET_RECORD_FILE}); rewrite the dataset, or delete the record if the change is intended"
+            )
+    return record
+
+
 def count_rows(source: Source, *, start=None, end=None, filter: ds.Expression | None = None) -> int:
     """Rows of a dataset in the time range and filter, from metadata where possible."""
     dataset = _as_dataset(source)
@@ -536,6 +678,11 @@ __all__ = [
     "list_parquet_files",
     "open_dataset",
     "open_impressions",
+    "begin_dataset",
+    "canonical_schema",
+    "check_dataset_record",
+    "finish_dataset",
+    "check_partition_keys",
     "read_images",
     "read_titles",
     "shard_fragments",

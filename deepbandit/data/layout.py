@@ -18,6 +18,9 @@ IMAGES_FILE = "images.parquet"
 TITLES_FILE = "titles.parquet"
 WORLD_FILE = "world.npz"  # simulated datasets: the world's ground truth (deepbandit.sim.world.World)
 TRUTH_FILE = "truth.json"  # simulated datasets: the true value of each reference policy
+# Written by deepbandit's dataset writers: "complete": false while they run, then the files they wrote
+# (rows, bytes, sha256). Its leading '_' keeps readers from taking it for data.
+DATASET_RECORD_FILE = "_deepbandit_dataset.json"
 
 # Export folder layout: written by deepbandit.export, read by deepbandit.serving (the manifest lists the files).
 MANIFEST_FILE = "manifest.json"

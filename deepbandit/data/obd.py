@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm  # plain: tqdm.auto needs ipywidgets in a notebook and warns without them
 
 from deepbandit.data import schema
-from deepbandit.data.io import DEFAULT_ROW_GROUP_ROWS, write_parquet_atomic
+from deepbandit.data.io import DEFAULT_ROW_GROUP_ROWS, finish_dataset, write_parquet_atomic
 from deepbandit.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -427,6 +427,7 @@ def import_obd(
             "embedding_feature_names": items.feature_names,
         } | stats
         (tmp / METADATA_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        finish_dataset(tmp, "deepbandit import-obd")
         _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -451,7 +452,9 @@ def _convert(
     types |= {c: pa.string() for c in USER_FEATURES} | {c: pa.float64() for c in affinity}
     out_schema = _impressions_schema(policy)
     (tmp / schema.IMPRESSIONS_DIR).mkdir()
-    writer = pq.ParquetWriter(tmp / schema.IMPRESSIONS_DIR / "part-0.parquet", out_schema)
+    writer = pq.ParquetWriter(
+        tmp / schema.IMPRESSIONS_DIR / "part-0.parquet", out_schema, write_page_checksum=True
+    )
     clicks_by_position: dict[int, list[int]] = {}
     profiles, p_min, p_max, t_min, t_max = [], math.inf, -math.inf, math.inf, -math.inf
     bar = tqdm(total=n_rows, unit="row", desc=f"obd {policy}/{campaign}", disable=None)

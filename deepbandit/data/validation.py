@@ -40,21 +40,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from deepbandit.data.io import IGNORED_PREFIXES, list_parquet_files, write_parquet_atomic
+from deepbandit.data.io import (
+    IGNORED_PREFIXES,
+    check_dataset_record,
+    check_partition_keys,
+    list_parquet_files,
+    write_parquet_atomic,
+)
+from deepbandit.data.layout import DATASET_RECORD_FILE
 from deepbandit.data.schema import (
     IMAGES_FILE,
     IMPRESSIONS_DIR,
     MAX_CANDIDATES,
     MAX_HISTORY,
+    MAX_TIMESTAMP_US,
     METADATA_TABLE_KEY,
     METADATA_VERSION_KEY,
+    MIN_PROPENSITY,
+    MIN_TIMESTAMP_US,
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     TABLE_KINDS,
     TITLES_FILE,
 )
-from deepbandit.errors import ConfigError, UserError
+from deepbandit.errors import ConfigError, DataError, UserError
 
 MODES = ("strict", "quarantine")
 PROBABILITY_TOL = 1e-6  # |sum(action_dist) - 1| and |action_dist[chosen] - propensity| must not exceed this
@@ -435,6 +445,21 @@ def _not_null(cols: dict[str, pa.Array], name: str) -> Iterator[_Problem]:
     yield _Problem(name, f"{name} is null", _nulls(cols[name]), lambda i: f"{name} is null (not allowed)")
 
 
+def _timestamp_range(cols: dict[str, pa.Array], name: str) -> _Problem:
+    """Timestamps from 1970 up to 2262 (the contract's range): outside it a unit was mixed up."""
+    us = _values(cols[name].cast(pa.int64()), MIN_TIMESTAMP_US)
+    bad = (us < MIN_TIMESTAMP_US) | (us >= MAX_TIMESTAMP_US)
+    return _Problem(
+        name,
+        f"{name} is outside 1970..2261",
+        bad,
+        lambda i: (
+            f"{name} {np.datetime64(int(us[i]), 'us')} is outside 1970-01-01..2261-12-31 (UTC); check the unit "
+            "it was written in (seconds, milliseconds, microseconds or nanoseconds)"
+        ),
+    )
+
+
 def _finite(name: str, values: np.ndarray, null: np.ndarray) -> _Problem:
     bad = ~np.isfinite(values) & ~null
     return _Problem(
@@ -516,6 +541,7 @@ def _impression_checks(
         )
     for name in ("timestamp", "member_id", "title_id"):
         yield from _not_null(cols, name)
+    yield _timestamp_range(cols, "timestamp")
 
     # candidates: 1..MAX_CANDIDATES unique known ids of the impression's title
     cand = _List.of(cols["candidate_image_ids"])
@@ -589,6 +615,15 @@ def _impression_checks(
         "propensity is outside (0, 1]",
         np.isfinite(p) & ((p <= 0) | (p > 1)),
         lambda i: f"propensity {p[i]} is outside (0, 1]",
+    )
+    yield _Problem(
+        "propensity",
+        f"propensity is below {MIN_PROPENSITY:g}",
+        np.isfinite(p) & (p > 0) & (p < MIN_PROPENSITY),
+        lambda i: (
+            f"propensity {p[i]:.3g} is below the contract's floor {MIN_PROPENSITY:g} (an importance weight over "
+            f"{1 / MIN_PROPENSITY:.0e}); drop the row or log the propensity the policy really had"
+        ),
     )
     r_null = _nulls(cols["reward"])  # null reward is allowed: the attribution window is still open
     r = _values(cols["reward"], 0.0)
@@ -709,6 +744,8 @@ def _key_checks(cols: dict[str, pa.Array], name: str, locate) -> Iterator[_Probl
 
 def _image_checks(cols: dict[str, pa.Array], ctx: _Context, row_offset: int, locate) -> Iterator[_Problem]:
     yield from _key_checks(cols, "image_id", locate)
+    if "launched_at" in cols:
+        yield _timestamp_range(cols, "launched_at")
     yield from _not_null(cols, "title_id")
     if ctx.titles is not None:
         title = _values(cols["title_id"], 0)
@@ -727,6 +764,8 @@ def _image_checks(cols: dict[str, pa.Array], ctx: _Context, row_offset: int, loc
 
 def _title_checks(cols: dict[str, pa.Array], ctx: _Context, row_offset: int, locate) -> Iterator[_Problem]:
     yield from _key_checks(cols, "title_id", locate)
+    if "launched_at" in cols:
+        yield _timestamp_range(cols, "launched_at")
     genres = _List.of(cols["genres"])  # an empty list is allowed: a title may have no genre
     yield from _not_null(cols, "genres")
     yield from _list_entries("genres", genres, numeric=False)
@@ -945,7 +984,7 @@ def _open(path: Path, rel: str) -> pq.ParquetFile:
     if not path.is_file():
         raise ValidationError(rel, None, None, f"file not found: {path}")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
         raise ValidationError(
             rel, None, None, f"unreadable Parquet file (truncated or not Parquet): {e}"
@@ -1011,8 +1050,17 @@ def validate_dataset(
             )
     strict = mode == "strict"
 
-    # 0. every footer and schema before any data: unreadable files and drift fail fast
+    # 0. a dataset its writer did not finish, or whose files changed since, is refused as a whole
+    try:
+        check_dataset_record(root, hashes=True)
+    except DataError as e:
+        raise ValidationError(DATASET_RECORD_FILE, None, None, str(e)) from e
+    # every footer and schema before any data: unreadable files and drift fail fast
     imp_files, skipped = _impression_files(root)
+    try:  # the reader's rule, so that what validates is what reads
+        check_partition_keys(imp_files, root / IMPRESSIONS_DIR, "impressions")
+    except DataError as e:
+        raise ValidationError(IMPRESSIONS_DIR, None, None, str(e)) from e
     files = {"titles": [root / TITLES_FILE], "images": [root / IMAGES_FILE], "impressions": imp_files}
     rel = {p: p.relative_to(root).as_posix() for paths in files.values() for p in paths}
     fields: dict[Path, list[pa.Field]] = {}
@@ -1075,7 +1123,9 @@ def validate_dataset(
     ids = []
     for path in imp_paths:
         try:
-            col = pq.read_table(path, columns=["request_id"]).column("request_id")
+            col = pq.read_table(path, columns=["request_id"], page_checksum_verification=True).column(
+                "request_id"
+            )
         except (pa.ArrowException, OSError) as e:
             raise ValidationError(rel[path], "request_id", None, f"unreadable Parquet data: {e}") from e
         ids += [_cast(c, pa.large_string(), rel[path], "request_id", 0) for c in col.chunks]
@@ -1116,6 +1166,24 @@ def validate_dataset(
                 )
             finish(path, report, bad)
     return DatasetReport(root, mode, reports, [p.relative_to(root).as_posix() for p in skipped])
+
+
+def gate_dataset(root: str | os.PathLike, *, validate: bool = True, progress: bool = False) -> None:
+    """The one gate every command that reads logs passes (train, evaluate, the pipeline, sweeps).
+
+    With ``validate`` it is ``deepbandit validate``'s strict mode exactly, so a command accepts what
+    validation accepts. Without it (``data.validate=false``, for logs validated before) a dataset whose
+    writer did not finish, or whose files changed since, is still refused. Either way the readers
+    (``deepbandit.data.io``) then normalise the accepted physical variants to the contract's types.
+
+    Raises:
+        ValidationError: the first problem, naming file, column, row and request.
+        DataError: an incomplete or changed dataset (without ``validate``).
+    """
+    if validate:
+        validate_dataset(root, mode="strict", progress=progress)
+    else:
+        check_dataset_record(root)
 
 
 class _Progress:

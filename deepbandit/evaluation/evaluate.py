@@ -19,6 +19,7 @@ import pyarrow as pa
 from deepbandit.data.io import open_impressions, read_images, read_titles
 from deepbandit.data.logs import contexts_from_impressions
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE, WORLD_FILE
+from deepbandit.data.validation import gate_dataset
 from deepbandit.errors import ConfigError
 from deepbandit.evaluation.baselines import (
     LoggedRows,
@@ -414,13 +415,17 @@ def _per_image(rows: LoggedRows, rates: TakeRates, dists: dict[str, np.ndarray])
     }
 
 
-def read_dataset(data: str | Path) -> tuple[pa.Table, pa.Table | None, pa.Table | None, World | None]:
-    """(impressions, titles, images, world) of a dataset folder; world None unless world.npz is there."""
+def read_dataset(
+    data: str | Path, *, validate: bool = True
+) -> tuple[pa.Table, pa.Table, pa.Table, World | None]:
+    """(impressions, titles, images, world) of a dataset folder, through the gate every command passes
+    (``gate_dataset``: strict validation unless ``validate=False``); world None unless world.npz is there."""
     root = Path(data)
     if not (root / IMPRESSIONS_DIR).exists():
         raise FileNotFoundError(f"{root}: no {IMPRESSIONS_DIR}/ folder (expected a deepbandit dataset root)")
+    gate_dataset(root, validate=validate)
     table = open_impressions(root / IMPRESSIONS_DIR).to_table()
-    titles = read_titles(root / TITLES_FILE) if (root / TITLES_FILE).exists() else None
-    images = read_images(root / IMAGES_FILE) if (root / IMAGES_FILE).exists() else None
+    titles = read_titles(root / TITLES_FILE)
+    images = read_images(root / IMAGES_FILE)
     world = World.load(root / WORLD_FILE) if (root / WORLD_FILE).exists() else None
     return table, titles, images, world

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepbandit.atomic import file_mode, write_text_atomic
-from deepbandit.data.io import write_parquet_atomic
+from deepbandit.data.io import begin_dataset, finish_dataset, write_parquet_atomic
 from deepbandit.data.schema import (
     IMAGES_FILE,
     IMPRESSION_FIELDS,
@@ -283,7 +283,7 @@ class _AtomicParquetStream:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, file_mode())
         self.path, self.sink = path, os.fdopen(fd, "wb")
-        self.writer = pq.ParquetWriter(self.sink, schema, **options)
+        self.writer = pq.ParquetWriter(self.sink, schema, write_page_checksum=True, **options)
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=table.num_rows)
@@ -375,6 +375,7 @@ def simulate(
     t0 = time.perf_counter()
     world, policy, generator = build(config)
     t_world = time.perf_counter() - t0
+    begin_dataset(out, "deepbandit simulate")  # readers refuse the folder until finish_dataset below
     for path in existing:
         path.unlink()
     world.save(out / WORLD_FILE)
@@ -406,6 +407,7 @@ def simulate(
         "config": asdict(config),
     }
     write_text_atomic(out / TRUTH_FILE, json.dumps(summary, indent=2) + "\n")
+    finish_dataset(out, "deepbandit simulate")
     summary["seconds"] = {"world": t_world, "total": elapsed}
     summary["rows_per_second"] = config.n_impressions / elapsed
     summary["out_dir"] = str(out)

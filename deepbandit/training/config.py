@@ -39,7 +39,7 @@ class DataConfig:
     resident_max_rows: int = 20_000_000  # row limit for resident=null to hold a split on the device
     stream_batch_rows: int = 65_536  # Parquet rows read and converted at once on the streaming path
     num_workers: int = 0  # streaming loader workers
-    validate: bool = True  # validate_dataset(path, mode="strict") before training
+    validate: bool = True  # validate as `deepbandit validate` does first (false: logs validated before)
 
 
 @dataclass
@@ -111,9 +111,7 @@ class TrainerConfig(OptimConfig):
     seed: int = 0  # seeds the initial weights, the batch order and the validation draws
     logger: str = "csv"  # csv | tensorboard | mlflow | none
     monitor: str = "val/snips_greedy"  # metric whose maximum ModelCheckpoint keeps
-    ckpt_path: str | None = (
-        None  # resume from this Lightning checkpoint (loaded weights-only: no pickled code)
-    )
+    ckpt_path: str | None = None  # resume from this Lightning checkpoint (loaded weights-only)
     allow_remote_ckpt: bool = False  # let ckpt_path be a URL (http://, s3://, ...) rather than a local file
     progress: bool = True  # show the progress bar
     progress_every_n_steps: int = 1  # progress bar refresh (each refresh reads the loss: a host sync)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
-from deepbandit.data.validation import validate_dataset
+from deepbandit.data.validation import gate_dataset
 from deepbandit.errors import ConfigError, DataError
 from deepbandit.evaluation.baselines import fit_take_rates, logged_rows
 from deepbandit.evaluation.epoch_metrics import ValidationMetrics
@@ -265,8 +265,7 @@ def train(
     logger = _logger(cfg, out)  # now, so that a logger whose package is missing fails before the data loads
     root = Path(cfg.data.path)
     started = time.perf_counter()
-    if cfg.data.validate:
-        validate_dataset(root, mode="strict")
+    gate_dataset(root, validate=cfg.data.validate)  # what `deepbandit validate` accepts, and only that
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dm = BanditDataModule(cfg.data, cfg.trainer.batch_size, seed=cfg.trainer.seed)
     dm.prepare()

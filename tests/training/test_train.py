@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from deepbandit.cli import sweep_report
 from deepbandit.data.features import REQUIRED_INPUTS, ModelInputs
+from deepbandit.data.layout import DATASET_RECORD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.errors import ConfigError
 from deepbandit.models.bundle import ModelBundle
@@ -185,6 +186,7 @@ def _rewrite(root, column: str, value):
         i, table.schema.field(i), pa.array(np.full(table.num_rows, value), table.schema.field(i).type)
     )
     pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    (root / DATASET_RECORD_FILE).unlink()  # the simulator's record of its files no longer holds
 
 
 @pytest.mark.parametrize(
