@@ -14,7 +14,7 @@ it; docs/architecture.md walks through an example.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -183,6 +183,85 @@ def input_shapes(inputs: list[ModelInput], embedding_dim: int, member_features_d
     return {i.name: [fixed.get(a, a) for a in i.axes] for i in inputs}
 
 
+def check_input_values(
+    inputs: Mapping[str, Any],
+    *,
+    required: Sequence[str],
+    vocab_rows: Mapping[str, int],
+    embedding_dim: int,
+    member_features_dim: int,
+    exact_dtypes: bool = True,
+) -> None:
+    """Check scorer (= graph) inputs (numpy arrays) against this contract; raise ValueError naming the
+    input, the row and the value. The one checker of the graph's inputs: serving's
+    ``check_graph_inputs`` (for clients that feed the ONNX graph directly, such as Triton's) and the
+    models' ``validate_inputs`` both call it.
+
+    required: the inputs this model takes (others are refused); vocab_rows: rows of each vocabulary's
+    embedding (its keys + 2 reserved); exact_dtypes: the graph's dtypes exactly (else any integer type
+    for indices and any float type for floats, as torch accepts).
+
+    Checked: names, dtypes, shapes (B, A, H >= 1, fixed widths), indices inside their vocabulary, bounded
+    values inside their bounds, finite floats, and at least one valid candidate per request. The graph
+    itself checks none of this: an index of -1 would silently read the last embedding row.
+    """
+    import numpy as np
+
+    missing = [n for n in required if inputs.get(n) is None]
+    if missing:
+        raise ValueError(f"missing scorer inputs: {missing}")
+    unknown = sorted(n for n, v in inputs.items() if v is not None and n not in required)
+    if unknown:
+        raise ValueError(f"inputs this model does not take: {unknown} (it takes {list(required)})")
+    arrays = {n: np.asarray(inputs[n]) for n in required}
+    mask = arrays["candidate_mask"]
+    if mask.ndim != 2:
+        raise ValueError(f"candidate_mask must be (B, A), got shape {mask.shape}")
+    axis = {BATCH: mask.shape[0], CANDIDATES: mask.shape[1], HISTORY: arrays["history_title_idx"].shape[-1],
+            EMBEDDING: embedding_dim, MEMBER_FEATURES: member_features_dim}  # fmt: skip
+    for name, size in ((BATCH, axis[BATCH]), (CANDIDATES, axis[CANDIDATES]), (HISTORY, axis[HISTORY])):
+        if size < 1:
+            raise ValueError(
+                f"the {name} axis is empty (size 0); every input needs B, A, H >= 1 (pad with 0/False)"
+            )
+    for name in required:
+        spec, x = INPUTS[name], arrays[name]
+        shape = tuple(axis[a] for a in spec.axes)
+        if x.shape != shape:
+            raise ValueError(f"{name} has shape {x.shape}, expected {shape} ({', '.join(spec.axes)})")
+        expected = np.dtype(spec.dtype)
+        kind = expected.kind
+        if exact_dtypes or kind == "b":
+            same = x.dtype == expected
+        else:  # torch's side: any integer type for integers, floats (or bool flags) for floats
+            same = x.dtype.kind in ("iu" if kind == "i" else "fb")
+        if not same:
+            what = {"b": "bool", "i": "an integer index" if spec.vocab else "an integer"}.get(
+                kind, spec.dtype
+            )
+            raise ValueError(f"{name} must be {what}, got {x.dtype}")
+        if kind == "b":
+            continue
+        if kind == "f" and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"{name} is not finite at row {bad[0]} (index {bad.tolist()}): {x[tuple(bad)]}")
+        if spec.vocab is not None:
+            low, high = 0, vocab_rows[spec.vocab] - 1
+        elif spec.bounds is not None:
+            low, high = spec.bounds
+        else:
+            continue
+        outside = (x < low) | (x > high)
+        if outside.any():
+            bad = np.argwhere(outside)[0]
+            raise ValueError(
+                f"{name} at row {bad[0]} (index {bad.tolist()}) is {x[tuple(bad)]}, outside [{low}, {high}]"
+            )
+    empty = ~mask.any(1)
+    if empty.any():
+        raise ValueError(f"candidate_mask row {int(np.flatnonzero(empty)[0])} has no valid candidate")
+
+
 __all__ = [
     "FEATURE_TRANSFORMS",
     "INPUTS",
@@ -194,6 +273,7 @@ __all__ = [
     "ModelInput",
     "ModelInputs",
     "active_inputs",
+    "check_input_values",
     "input_shapes",
 ]
 

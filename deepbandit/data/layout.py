@@ -29,6 +29,17 @@ EXPORT_MODEL_FP16_FILE = "model_fp16.onnx"
 EXPORT_IMAGES_FILE = "images.npy"  # not the dataset's images.parquet: the embeddings the graph reads
 
 
+# Bounds of the log contract that serving checks too (here, so that serving needs no pyarrow):
+# The smallest propensity accepted. Below it an importance weight exceeds 1e9: one row would outweigh a
+# billion others, and squared weights (variances, the IPS loss) overflow float32. Such values are almost
+# always a floor written for a zero Monte Carlo count; the row is refused (quarantine keeps it aside).
+MIN_PROPENSITY = 1e-9
+# Timestamps accepted: from the Unix epoch up to (excluding) 2262-01-01, where nanosecond clocks (pandas,
+# numpy datetime64[ns]) end; anything outside is a unit mix-up (seconds read as microseconds) or a typo.
+MIN_TIMESTAMP_US = 0
+MAX_TIMESTAMP_US = 9_214_646_400_000_000  # 2262-01-01T00:00:00Z, exclusive
+
+
 # --- names and paths that come from configs, manifests or data ----------------------------------------
 # A path named by a file (a manifest's file list) or by an option that names one folder (a Triton model
 # name) must stay where it belongs: these checks are the one place that says so.

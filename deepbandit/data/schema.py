@@ -22,6 +22,9 @@ from deepbandit.data.layout import (  # noqa: F401
     IMAGES_FILE,
     IMPRESSIONS_DIR,
     MANIFEST_FILE,
+    MAX_TIMESTAMP_US,
+    MIN_PROPENSITY,
+    MIN_TIMESTAMP_US,
     TITLES_FILE,
     TRUTH_FILE,
     WORLD_FILE,
@@ -35,14 +38,6 @@ METADATA_TABLE_KEY = b"deepbandit.table"
 # dozen; 128 leaves room for real logs such as the Open Bandit Dataset's 80-item campaign.
 MAX_CANDIDATES = 128
 MAX_HISTORY = 256  # recently played titles kept per impression (most recent first)
-# The smallest propensity accepted. Below it an importance weight exceeds 1e9: one row would outweigh a
-# billion others, and squared weights (variances, the IPS loss) overflow float32. Such values are almost
-# always a floor written for a zero Monte Carlo count; the row is refused (quarantine keeps it aside).
-MIN_PROPENSITY = 1e-9
-# Timestamps accepted: from the Unix epoch up to (excluding) 2262-01-01, where nanosecond clocks (pandas,
-# numpy datetime64[ns]) end; anything outside is a unit mix-up (seconds read as microseconds) or a typo.
-MIN_TIMESTAMP_US = 0
-MAX_TIMESTAMP_US = 9_214_646_400_000_000  # 2262-01-01T00:00:00Z, exclusive
 
 # --- impressions: one row per decision -------------------------------------------------------------
 IMPRESSION_FIELDS: list[pa.Field] = [

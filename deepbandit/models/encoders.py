@@ -21,12 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepbandit.data.features import (
-    EMBEDDING,
     INPUT_NAMES,
-    INPUTS,
-    MEMBER_FEATURES,
-    REQUIRED_INPUTS,
     ModelInputs,
+    active_inputs,
+    check_input_values,
 )
 
 # Logit written at padded candidates. Finite on purpose: -inf turns a fully padded row or a masked
@@ -364,60 +362,36 @@ def model_inputs(batch, lookup: ImageEmbeddingLookup) -> ModelInputs:
 
 
 def validate_inputs(cfg: ModelConfig, inputs: Mapping[str, Tensor | None]) -> None:
-    """Check the scorer inputs against the config; raise ValueError naming the input, row and value.
+    """Check the scorer inputs against the config; raise ValueError naming the input, row and value
+    (``deepbandit.data.features.check_input_values``, the checker the ONNX graph's clients use too).
 
-    Meant for the first batch of a run, tests and serving-side debugging, not every step: it syncs with
-    the device. Shapes: see ``INPUT_NAMES`` and the module docstrings.
+    Meant for the first batch of a run, tests and serving-side debugging, not every step: it copies to the
+    host. Inputs this config does not use (e.g. candidate_image_idx without image id embeddings) are
+    ignored, as the scorer ignores them.
     """
-    missing = [n for n in REQUIRED_INPUTS if inputs.get(n) is None]
-    if missing:
-        raise ValueError(f"missing scorer inputs: {missing}")
     unknown = sorted(set(inputs) - set(INPUT_NAMES))
     if unknown:
         raise ValueError(f"unknown scorer inputs: {unknown}")
-    b, a = inputs["candidate_mask"].shape[:2] if inputs["candidate_mask"].dim() == 2 else (-1, -1)
-    h = inputs["history_title_idx"].shape[-1]
-    # the contract's axes, vocabularies and bounds (deepbandit.data.features), sized by this config
-    axis = {"batch": b, "candidates": a, "history": h, EMBEDDING: cfg.embedding_dim,
-            MEMBER_FEATURES: cfg.member_features_dim}  # fmt: skip
+    used = [
+        i.name
+        for i in active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim, cfg.member_id_hash_buckets)
+    ]
+
+    def host(x: Tensor | None):
+        if x is None:
+            return None
+        return (x.float() if x.is_floating_point() else x).detach().cpu().numpy()
+
     rows = {"title": cfg.n_titles, "country": cfg.n_countries, "language": cfg.n_languages,
             "device": cfg.n_devices, "image": cfg.n_images}  # fmt: skip
-    spec: dict[str, tuple[tuple[int, ...], int | None, tuple[float, float] | None]] = {
-        name: (tuple(axis[x] for x in i.axes), rows[i.vocab] + 2 if i.vocab else None, i.bounds)
-        for name, i in INPUTS.items()
-    }
-    if b < 0:
-        raise ValueError(f"candidate_mask must be (B, A), got shape {tuple(inputs['candidate_mask'].shape)}")
-    if cfg.member_features_dim and inputs.get("member_features") is None:
-        raise ValueError(f"member_features (B, {cfg.member_features_dim}) is required by this model config")
-    for name, (shape, vocab, bounds) in spec.items():
-        x = inputs.get(name)
-        if x is None:
-            continue
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
-        if INPUTS[name].dtype == "bool":
-            if x.dtype != torch.bool:
-                raise ValueError(f"{name} must be bool, got {x.dtype}")
-            continue
-        if vocab is not None or INPUTS[name].dtype == "int64":
-            if x.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"{name} must be an integer index tensor, got {x.dtype}")
-            low, high = (0, vocab - 1) if vocab is not None else bounds
-        elif not torch.isfinite(x.float()).all():
-            bad = (~torch.isfinite(x.float())).nonzero()[0].tolist()
-            raise ValueError(f"{name} is not finite at row {bad[0]} (index {bad}): {x[tuple(bad)].item()}")
-        else:
-            low, high = bounds if bounds is not None else (-math.inf, math.inf)
-        outside = (x < low) | (x > high)
-        if outside.any():
-            bad = outside.nonzero()[0].tolist()
-            raise ValueError(
-                f"{name} at row {bad[0]} (index {bad}) is {x[tuple(bad)].item()}, outside [{low}, {high}]"
-            )
-    if not inputs["candidate_mask"].any(1).all():
-        row = int((~inputs["candidate_mask"].any(1)).nonzero()[0])
-        raise ValueError(f"candidate_mask row {row} has no valid candidate")
+    check_input_values(
+        {n: host(inputs.get(n)) for n in used},
+        required=used,
+        vocab_rows={k: v + 2 for k, v in rows.items()},
+        embedding_dim=cfg.embedding_dim,
+        member_features_dim=cfg.member_features_dim,
+        exact_dtypes=False,
+    )
 
 
 def random_inputs(

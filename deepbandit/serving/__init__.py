@@ -3,7 +3,7 @@
 See ``service.ArtworkService`` and docs/export-and-serving.md.
 """
 
-from deepbandit.serving.features import RequestBatch
+from deepbandit.serving.features import RequestBatch, check_graph_inputs
 from deepbandit.serving.service import ArtworkService, ServingDecisions
 
-__all__ = ["ArtworkService", "RequestBatch", "ServingDecisions"]
+__all__ = ["ArtworkService", "RequestBatch", "ServingDecisions", "check_graph_inputs"]

@@ -13,12 +13,14 @@ scored without its content).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from deepbandit.data.features import REQUEST_FIELDS
+from deepbandit.data.features import REQUEST_FIELDS, check_input_values
+from deepbandit.data.layout import MAX_TIMESTAMP_US, MIN_TIMESTAMP_US
 from deepbandit.data.vocab import N_RESERVED, UNK, Vocab
 
 # member_id keys sticky decisions; the rest are the model inputs' request fields (data.features)
@@ -109,16 +111,21 @@ def from_dicts(requests: list[dict[str, Any]], member_features_dim: int = 0) -> 
                     raise TypeError(f"{n} must be a string, got {v!r}")
                 strings[n][i] = v
             for n in scalars:
-                v = _field(r, n)
-                if isinstance(v, str) or not np.isscalar(v):
-                    raise TypeError(f"{n} must be a number, got {v!r}")
-                scalars[n][i] = float(v)
+                scalars[n][i] = _SCALAR_READERS[n](_field(r, n), n)
             if r.get("timestamp") is not None:
                 timestamp[i], has_ts = _timestamp_us(r["timestamp"]), True
             if r.get("request_id") is not None:
-                request_id[i], has_rid = str(r["request_id"]), True
+                v = r["request_id"]
+                if not isinstance(v, str) or not v:
+                    raise TypeError(f"request_id must be a non-empty string, got {v!r}")
+                request_id[i], has_rid = v, True
             if features is not None:
-                f = np.asarray(_field(r, "member_features"), dtype=np.float32)
+                raw = np.asarray(_field(r, "member_features"))
+                if raw.dtype.kind not in "iuf":
+                    raise TypeError(
+                        f"member_features must be a list of numbers, got {r['member_features']!r}"
+                    )
+                f = raw.astype(np.float32)
                 if f.shape != (member_features_dim,):
                     raise ValueError(
                         f"member_features must have {member_features_dim} values, got shape {f.shape}"
@@ -179,30 +186,85 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
     def filled(col: pa.Array, value: Any) -> pa.Array:
         return pc.fill_null(col, value) if col.null_count else col
 
+    def refuse(name: str, col: pa.Array, expected: str) -> None:
+        raise TypeError(f"request column {name!r} has type {col.type}; expected {expected}")
+
+    def exact_int64(name: str, col: pa.Array) -> np.ndarray:
+        """Integer column -> int64 values, exactly (no float round trip); uint64 beyond int64 fails its row."""
+        if not pa.types.is_integer(col.type):
+            refuse(name, col, "integers (int8..int64, uint8..uint64)")
+        if col.type == pa.uint64():
+            big = filled(pc.greater(col, pa.scalar(_INT64.max, pa.uint64())), False)
+            for row in np.flatnonzero(big.to_numpy(zero_copy_only=False)).tolist():
+                errors.setdefault(row, f"{name} {col[row].as_py()} does not fit int64")
+            col = pc.if_else(big, pa.scalar(0, pa.uint64()), col)
+        return filled(col, 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+    def ints(name: str) -> np.ndarray:
+        return exact_int64(name, column(name))
+
     def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
         col = column(name)
+        if pa.types.is_fixed_size_list(col.type):
+            col = col.cast(pa.list_(col.type.value_type))
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            refuse(name, col, "a list of integer ids")
         col = filled(col, pa.scalar([], col.type))
         offsets = col.offsets.to_numpy().astype(np.int64)
         values = col.values[offsets[0] : offsets[-1]]
         offsets -= offsets[0]
+        if not pa.types.is_integer(values.type):
+            refuse(name, col, "a list of integer ids")
         if values.null_count:
             for row in np.flatnonzero(_row_of_nulls(values, offsets)).tolist():
                 errors.setdefault(row, f"{name} holds a null id")
+        if values.type == pa.uint64():
+            big = filled(pc.greater(values, pa.scalar(_INT64.max, pa.uint64())), False)
+            for row in np.flatnonzero(_row_of_nulls(pc.if_else(big, None, values), offsets)).tolist():
+                errors.setdefault(row, f"{name} holds an id that does not fit int64")
+            values = pc.if_else(big, pa.scalar(0, pa.uint64()), values)
         return filled(values, 0).cast(pa.int64()).to_numpy(zero_copy_only=False), offsets
 
-    def num(name: str) -> np.ndarray:
-        return filled(column(name), 0).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    def score(name: str) -> np.ndarray:
+        col = column(name)
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            refuse(name, col, "numbers (float or integer)")
+        x = filled(col, 0).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        for row in np.flatnonzero(np.isfinite(x) & (np.abs(x) > _FLOAT32_MAX)).tolist():
+            errors.setdefault(
+                row, f"{name} {x[row]!r} is outside float32's range (|x| <= {_FLOAT32_MAX:.4g})"
+            )
+        return x
+
+    def flag(name: str) -> np.ndarray:
+        col = column(name)
+        if pa.types.is_boolean(col.type):
+            return filled(col, False).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(col.type):
+            return exact_int64(name, col).astype(np.float64)  # 0/1 checked by validate
+        refuse(name, col, "booleans")
 
     def text(name: str) -> np.ndarray:
-        return np.asarray(filled(column(name), "").cast(pa.string()).to_numpy(zero_copy_only=False), np.str_)
+        col = column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            refuse(name, col, "strings (string, large_string or a dictionary of strings)")
+        return np.asarray(filled(col, "").cast(pa.string()).to_numpy(zero_copy_only=False), np.str_)
 
     cand, cand_off = flat("candidate_image_ids")
     played, played_off = flat("played_title_ids")
     timestamp = None
     if "timestamp" in table.column_names:
         ts = column("timestamp")
-        ts = ts.cast(pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(ts.type) else ts
-        timestamp = filled(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        if pa.types.is_timestamp(ts.type):
+            if ts.type.tz is None:
+                refuse("timestamp", ts, "a timestamp with a time zone (naive timestamps are ambiguous)")
+            timestamp = filled(ts.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), 0)
+            timestamp = timestamp.to_numpy(zero_copy_only=False)
+        else:
+            timestamp = exact_int64("timestamp", ts)  # integers are microseconds since the epoch
+        out = (timestamp < MIN_TIMESTAMP_US) | (timestamp >= MAX_TIMESTAMP_US)
+        for row in np.flatnonzero(out).tolist():
+            errors.setdefault(row, f"timestamp {timestamp[row]} us is outside 1970-01-01..2261-12-31")
     features = None
     if member_features_dim:
         fcol = column("member_features")
@@ -213,15 +275,20 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
                 row, f"member_features must have {member_features_dim} values, got {lengths[row]}"
             )
         features = np.zeros((b, member_features_dim), np.float32)
-        vals = pc.list_flatten(fcol).cast(pa.float32()).to_numpy(zero_copy_only=False)
+        flat_f = pc.list_flatten(fcol)
+        if not pa.types.is_floating(flat_f.type):
+            refuse("member_features", fcol, "a list of floats")
+        vals = flat_f.cast(pa.float32()).to_numpy(zero_copy_only=False)
         if not bad.any():
             features[:] = vals.reshape(b, member_features_dim)
     rid = None
     if "request_id" in table.column_names:
         rid = text("request_id")
+        for row in np.flatnonzero(rid == "").tolist():
+            errors.setdefault(row, "request_id is the empty string")
     return RequestBatch(
-        member_id=num("member_id").astype(np.int64),
-        title_id=num("title_id").astype(np.int64),
+        member_id=ints("member_id"),
+        title_id=ints("title_id"),
         candidate_ids=cand,
         candidate_offsets=cand_off,
         played_ids=played,
@@ -229,10 +296,10 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
         country=text("country"),
         language=text("language"),
         device=text("device"),
-        hour=num("hour"),
-        weekday=num("weekday"),
-        recommender_score=num("recommender_score"),
-        prior_interaction=num("prior_interaction"),
+        hour=ints("hour").astype(np.float64),
+        weekday=ints("weekday").astype(np.float64),
+        recommender_score=score("recommender_score"),
+        prior_interaction=flag("prior_interaction"),
         timestamp_us=timestamp,
         request_id=rid,
         member_features=features,
@@ -264,7 +331,14 @@ def validate(batch: RequestBatch, max_candidates: int) -> None:
     batch.fail(~np.isfinite(x), "recommender_score is {value}, expected a finite number", x)
     if batch.member_features is not None:
         bad = ~np.isfinite(batch.member_features).all(1)
-        batch.fail(bad, "member_features holds a non-finite value")
+        batch.fail(bad, "member_features holds a value that is not finite in float32")
+    if batch.request_id is not None:
+        rid = batch.request_id
+        given = rid != ""  # "" marks a request without one: to_impressions gives it a fresh id
+        order = np.argsort(rid, kind="stable")
+        repeat = np.zeros(len(batch), bool)
+        repeat[order[1:]] = (rid[order][1:] == rid[order][:-1]) & given[order][1:]
+        batch.fail(repeat, "request_id {value!r} repeats an earlier request of this batch", rid)
 
 
 def _row_of_nulls(values: Any, offsets: np.ndarray) -> np.ndarray:
@@ -283,30 +357,84 @@ def _offsets(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+_INT64 = np.iinfo(np.int64)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer):
-        raise TypeError(f"{name} must be an integer id, got {v!r}")
+    """An exact int64: ints only (no bool, no float, however integral), inside int64's range."""
+    if isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    if not _INT64.min <= int(v) <= _INT64.max:
+        raise ValueError(f"{name} {v} does not fit int64")
     return int(v)
 
 
 def _int_list(v: Any, name: str) -> np.ndarray:
-    arr = np.asarray(v)
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+    if isinstance(v, str | bytes) or not hasattr(v, "__len__"):
         raise TypeError(f"{name} must be a list of integer ids, got {v!r}")
+    arr = np.asarray(v) if len(v) else np.zeros(0, np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        if (
+            arr.ndim == 1
+            and arr.dtype == object
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        ):
+            raise ValueError(f"{name} holds an id that does not fit int64")
+        raise TypeError(f"{name} must be a list of integer ids, got {v!r}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > _INT64.max:
+        raise ValueError(f"{name} holds an id that does not fit int64: {int(arr.max())}")
     return arr.astype(np.int64)
+
+
+def _small_int(v: Any, name: str) -> float:
+    return float(_int(v, name))  # range-checked by validate
+
+
+def _score(v: Any, name: str) -> float:
+    """A finite real number that float32 holds (the graph's type): int or float, not bool or text."""
+    if isinstance(v, bool | np.bool_) or not isinstance(v, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    x = float(v)
+    if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+        raise ValueError(f"{name} {v!r} is outside float32's range (|x| <= {_FLOAT32_MAX:.4g})")
+    return x  # NaN/inf: validate names them
+
+
+def _flag(v: Any, name: str) -> float:
+    """A bool (or the integers 0 and 1)."""
+    if isinstance(v, bool | np.bool_):
+        return float(v)
+    if isinstance(v, int | np.integer) and v in (0, 1):
+        return float(v)
+    raise TypeError(f"{name} must be true or false, got {v!r}")
+
+
+_SCALAR_READERS = {
+    "hour": _small_int,
+    "weekday": _small_int,
+    "recommender_score": _score,
+    "prior_interaction": _flag,
+}
 
 
 def _timestamp_us(v: Any) -> int:
     """Microseconds since the Unix epoch from an int (microseconds), a datetime or numpy datetime64."""
-    if isinstance(v, int | np.integer) and not isinstance(v, bool):
-        return int(v)
-    if isinstance(v, np.datetime64):
-        return int(v.astype("datetime64[us]").astype(np.int64))
-    if hasattr(v, "timestamp") and hasattr(v, "tzinfo"):
+    if isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_):
+        us = _int(v, "timestamp")
+    elif isinstance(v, np.datetime64):
+        us = int(v.astype("datetime64[us]").astype(np.int64))
+    elif hasattr(v, "timestamp") and hasattr(v, "tzinfo"):
         if v.tzinfo is None:
             raise ValueError(f"timestamp {v!r} has no time zone; pass an aware datetime (UTC)")
-        return round(v.timestamp() * 1_000_000)
-    raise TypeError(f"timestamp must be int microseconds, datetime or datetime64, got {v!r}")
+        us = round(v.timestamp() * 1_000_000)
+    else:
+        raise TypeError(f"timestamp must be int microseconds, datetime or datetime64, got {v!r}")
+    if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:
+        raise ValueError(
+            f"timestamp {v!r} is outside 1970-01-01..2261-12-31 (int timestamps are microseconds)"
+        )
+    return us
 
 
 @dataclass
@@ -421,3 +549,41 @@ class ImageIndex:
             efound = ~found & (self.extra_ids[epos] == ids)
             rows = np.where(efound, self.extra_rows[epos], rows)
         return rows, vocab_idx
+
+
+def check_graph_inputs(feeds: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Check inputs meant for the exported ONNX graph against its manifest; raise ValueError naming the
+    input, row and value. For clients that feed the graph themselves (a Triton client, a custom
+    service): the graph does no checking of its own, so an index of -1 would silently read the last
+    embedding row, hour 1000 or a NaN embedding would give a score, and an empty history axis would fail
+    inside onnxruntime. ``ArtworkService`` builds its inputs from validated requests and needs no check.
+    """
+    required = list(manifest["inputs"])
+    noise_spec = manifest.get("posterior_noise")
+    rest = {k: v for k, v in feeds.items() if k != "posterior_noise"}
+    check_input_values(
+        rest,
+        required=required,
+        vocab_rows={k: len(v["keys"]) + N_RESERVED for k, v in manifest["vocabularies"].items()},
+        embedding_dim=int(manifest["embedding_dim"]),
+        member_features_dim=int(manifest.get("member_features_dim") or 0),
+    )
+    if noise_spec is None:
+        if "posterior_noise" in feeds:
+            raise ValueError("posterior_noise: this graph takes no posterior noise")
+        return
+    noise = np.asarray(feeds.get("posterior_noise")) if feeds.get("posterior_noise") is not None else None
+    width = noise_spec["shape"][1]
+    if (
+        noise is None
+        or noise.dtype != np.float32
+        or noise.ndim != 2
+        or noise.shape[0] < 1
+        or noise.shape[1] != width
+    ):
+        got = None if noise is None else f"{noise.dtype} {noise.shape}"
+        raise ValueError(
+            f"posterior_noise must be float32 (samples >= 1, {width}) standard normals; got {got}"
+        )
+    if not np.isfinite(noise).all():
+        raise ValueError("posterior_noise holds a value that is not finite")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deepbandit.data.layout import MANIFEST_FILE, inside
+from deepbandit.data.layout import MANIFEST_FILE, MIN_PROPENSITY, inside
 from deepbandit.data.vocab import Vocab
 from deepbandit.errors import DataError
 from deepbandit.policies import Policy, Thompson, make_policy
@@ -225,13 +225,28 @@ class ArtworkService:
         from deepbandit.data.schema import IMPRESSIONS_SCHEMA, OPTIONAL_IMPRESSION_FIELDS
 
         batch, rows = decisions.batch, np.flatnonzero(decisions.ok)
+        fresh = np.char.add(f"{uuid.uuid4().hex}-", np.arange(len(batch)).astype(np.str_))
         if request_ids is None:
             request_ids = batch.request_id
         if request_ids is None:
-            request_ids = np.char.add(f"{uuid.uuid4().hex}-", np.arange(len(batch)).astype(np.str_))
+            request_ids = fresh
         request_ids = np.asarray(request_ids, np.str_)
         if request_ids.shape != (len(batch),):
             raise ValueError(f"request_ids must have shape ({len(batch)},), got {request_ids.shape}")
+        request_ids = np.where(request_ids == "", fresh, request_ids)  # requests that came without one
+        logged = request_ids[rows]
+        uniq, counts = np.unique(logged, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"to_impressions: request_id {uniq[counts > 1][0]!r} appears more than once")
+        low = decisions.propensity[rows] < MIN_PROPENSITY
+        if low.any():
+            i = int(np.flatnonzero(low)[0])
+            raise ValueError(
+                f"to_impressions: request {logged[i]!r} was decided with propensity "
+                f"{decisions.propensity[rows][i]:.3g}, below the log contract's floor {MIN_PROPENSITY:g} "
+                f"({int(low.sum())} such requests); serve a policy with an exploration floor (epsilon_greedy, "
+                "or a softmax at a higher temperature)"
+            )
 
         def lists(values: np.ndarray, offsets: np.ndarray, dtype: pa.DataType) -> pa.Array:
             lengths = np.diff(offsets)[rows]

@@ -123,7 +123,7 @@ def test_scores_match_torch_on_training_features(exported, kind):
         ({"title_id": None}, "missing field 'title_id'"),
         ({"candidate_image_ids": []}, "candidate_image_ids is empty"),
         ({"hour": 25}, "hour is 25.0, expected an integer in 0..23"),
-        ({"weekday": 2.5}, "weekday is 2.5"),
+        ({"weekday": 2.5}, "weekday must be an integer, got 2.5"),
         ({"recommender_score": float("nan")}, "recommender_score is nan"),
         ({"candidate_image_ids": [1001, 1002, 1001]}, "repeats image 1001"),
         ({"candidate_image_ids": list(range(1000, 1000 + 129))}, "129 images, more than 128"),
