@@ -44,7 +44,9 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
 def test_checkpoint_paths_are_local_files_unless_urls_are_allowed(tmp_path):
     with pytest.raises(ConfigError, match="is a URL"):
         check_ckpt_path(TrainerConfig(ckpt_path="https://example.com/last.ckpt"))
-    check_ckpt_path(TrainerConfig(ckpt_path="s3://bucket/last.ckpt", allow_remote_ckpt=True))  # Lightning fetches
+    check_ckpt_path(
+        TrainerConfig(ckpt_path="s3://bucket/last.ckpt", allow_remote_ckpt=True)
+    )  # Lightning fetches
     with pytest.raises(ConfigError, match="no such file"):
         check_ckpt_path(TrainerConfig(ckpt_path=str(tmp_path / "missing.ckpt")))
     (tmp_path / "junk.ckpt").write_bytes(b"\x00not a checkpoint")

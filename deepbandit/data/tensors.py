@@ -273,7 +273,9 @@ def table_to_batch(
         observed = np.ones(b, dtype=bool)
 
     action_dist = None
-    if "action_dist" in names:
+    # the contract lets action_dist be null on some rows; the logging distribution is then known only in
+    # part, and is used nowhere (as for logs without the column), the same rule as evaluation's
+    if "action_dist" in names and col("action_dist", nullable=True).null_count == 0:
         d_off, d_len, d_val = _list_parts(col("action_dist"), "action_dist", None)  # cast by the scatter
         bad = np.flatnonzero(d_len != c_len)
         if len(bad):
@@ -285,7 +287,7 @@ def table_to_batch(
     member_features = None
     if "member_features" in names:
         member_features = torch.from_numpy(
-            _fixed_width(col("member_features"), "member_features", np.float32)
+            _fixed_width(col("member_features", nullable=True), "member_features", np.float32)
         )
 
     t = torch.from_numpy
@@ -389,15 +391,19 @@ def _position_of(
 
 
 def _fixed_width(array: pa.Array, name: str, dtype) -> np.ndarray:
-    """(B, F) matrix of a list column whose rows all have F values."""
-    if array.null_count:
-        raise ValueError(f"column {name!r} row {_first_null(array)}: null value")
+    """(B, F) matrix of a list column whose non-null rows all have F values; null rows (allowed by the
+    contract for member_features: nothing extra known about the member) read as zeros."""
     offsets, lengths, values = _list_parts(array, name, dtype)
-    if len(lengths) and (lengths != lengths[0]).any():
-        r = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise ValueError(f"column {name!r} row {r}: {lengths[r]} values, row 0 has {lengths[0]}")
-    # a copy: Arrow's buffers are read-only and the tensor must own its memory
-    return np.array(values).reshape(len(lengths), int(lengths[0]) if len(lengths) else 0)
+    present = np.flatnonzero(lengths > 0) if array.null_count else np.arange(len(lengths))
+    width = int(lengths[present[0]]) if len(present) else 0
+    if (lengths[present] != width).any():
+        r = int(present[np.flatnonzero(lengths[present] != width)[0]])
+        raise ValueError(f"column {name!r} row {r}: {lengths[r]} values, row {present[0]} has {width}")
+    if not array.null_count:  # a copy: Arrow's buffers are read-only and the tensor must own its memory
+        return np.array(values).reshape(len(lengths), width)
+    out = np.zeros((len(lengths), width), dtype)
+    out[present] = np.asarray(values).reshape(len(present), width)
+    return out
 
 
 def _epoch_seconds(ts: pa.Array) -> np.ndarray:

@@ -581,7 +581,8 @@ def _impression_checks(
             lambda i: f"candidate image id {cand_ids[cand.first(i, unknown)]} is not in the images table",
         )
         if ctx.images.payload is not None:
-            image_title = ctx.images.payload[pos]
+            # pos is 0 where not found: an empty index (every image quarantined) still needs a row to read
+            image_title = ctx.images.payload[pos] if len(ctx.images.payload) else np.zeros(len(pos), np.int64)
             other = found & (image_title != cand.per_value(title))
             if title_null.any():  # a null title is reported by its own check
                 other &= ~cand.per_value(title_null)

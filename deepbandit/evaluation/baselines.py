@@ -104,10 +104,9 @@ def logged_rows(table: pa.Table, source: str = "impressions") -> LoggedRows:
         row = _first(bad)
         raise DataError(f"{source}: column 'propensity' at row {row} is {pscore[row]}, outside (0, 1]")
     dist = None
-    if "action_dist" in table.column_names and table.column("action_dist").null_count < len(table):
-        if table.column("action_dist").null_count:
-            row = _first(table.column("action_dist").is_null().to_numpy(zero_copy_only=False))
-            raise DataError(f"{source}: column 'action_dist' is null at row {row} but set on other rows")
+    # action_dist null on some rows (the contract allows it): the logging distribution is known only in part
+    # and is not used, as for logs without the column (evaluate's notes count those rows)
+    if "action_dist" in table.column_names and table.column("action_dist").null_count == 0:
         dist, dist_mask = padded_list_column(table, "action_dist", 0.0, np.float64)
         dist = np.pad(dist, ((0, 0), (0, candidates.shape[1] - dist.shape[1])))
         dist_mask = np.pad(dist_mask, ((0, 0), (0, candidates.shape[1] - dist_mask.shape[1])))

@@ -20,7 +20,7 @@ from deepbandit.data.io import open_impressions, read_images, read_titles
 from deepbandit.data.logs import contexts_from_impressions
 from deepbandit.data.schema import IMAGES_FILE, IMPRESSIONS_DIR, TITLES_FILE, WORLD_FILE
 from deepbandit.data.validation import gate_dataset
-from deepbandit.errors import ConfigError
+from deepbandit.errors import ConfigError, DataError
 from deepbandit.evaluation.baselines import (
     LoggedRows,
     TakeRates,
@@ -219,6 +219,11 @@ def evaluate_rows(
     scores the evaluated rows for the model policy and the DM/DR reward model. Returns a JSON-serialisable dict: policies (estimates with
     intervals, true values when ``world`` is given), segments, per-image table, profile scores, notes."""
     table, n_open = drop_open_rewards(table)
+    if table.num_rows == 0:
+        raise DataError(
+            f"{source}: nothing to evaluate: no row has a known reward ({n_open} rows with reward null, the "
+            "attribution window still open)"
+        )
     rows_all = logged_rows(table, source)
     train, evalm = time_split(rows_all.timestamp, train_fraction)
     rates = fit_take_rates(rows_all.take(train))
@@ -253,6 +258,9 @@ def evaluate_rows(
         "reward_model": reward_model,
         "unpersonalised_cold_start_rows": cold,
         "dropped_open_reward_rows": n_open,
+        "action_dist_null_rows": (
+            table.column("action_dist").null_count if "action_dist" in table.column_names else None
+        ),
         "logging": "on-policy mean reward of the evaluated rows (no weights): the logging policy's own value",
     }
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from deepbandit.data.logs import candidates_from_impressions, contexts_from_impressions
 from deepbandit.evaluation.baselines import TakeRates, logged_rows, unpersonalised_action_dist
@@ -48,7 +49,11 @@ def true_values(
     }
     baselines = ["best_unpersonalised"]
     if train_rates is not None:
-        dist, _ = unpersonalised_action_dist(logged_rows(table, "validation rows"), train_rates)
+        # the bandit's choice depends on the candidates only; rows whose reward is still open count too
+        known = table.set_column(
+            table.column_names.index("reward"), "reward", pc.fill_null(table.column("reward"), 0.0)
+        )
+        dist, _ = unpersonalised_action_dist(logged_rows(known, "validation rows"), train_rates)
         per_row["unpersonalised_bandit"] = (q * dist).sum(1)
         baselines.append("unpersonalised_bandit")
     prior = contexts.prior_interaction.astype(bool)

@@ -169,7 +169,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
     if missing:
         raise KeyError(f"request table lacks columns {missing}; it has {table.column_names}")
 
-    def column(name: str) -> pa.Array:
+    def column(name: str, optional: bool = False) -> pa.Array:
         col = table.column(name)
         col = (
             col.chunk(0) if col.num_chunks == 1 else pa.concat_arrays(col.chunks) if col.num_chunks else None
@@ -178,7 +178,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
             col = pa.array([], table.schema.field(name).type)
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
-        if col.null_count:
+        if col.null_count and not optional:  # optional fields (request_id, timestamp) may be null
             for row in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist():
                 errors.setdefault(row, f"missing field {name!r}")
         return col
@@ -244,8 +244,8 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
             return exact_int64(name, col).astype(np.float64)  # 0/1 checked by validate
         refuse(name, col, "booleans")
 
-    def text(name: str) -> np.ndarray:
-        col = column(name)
+    def text(name: str, optional: bool = False) -> np.ndarray:
+        col = column(name, optional)
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             refuse(name, col, "strings (string, large_string or a dictionary of strings)")
         return np.asarray(filled(col, "").cast(pa.string()).to_numpy(zero_copy_only=False), np.str_)
@@ -254,7 +254,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
     played, played_off = flat("played_title_ids")
     timestamp = None
     if "timestamp" in table.column_names:
-        ts = column("timestamp")
+        ts = column("timestamp", optional=True)
         if pa.types.is_timestamp(ts.type):
             if ts.type.tz is None:
                 refuse("timestamp", ts, "a timestamp with a time zone (naive timestamps are ambiguous)")
@@ -283,8 +283,9 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
             features[:] = vals.reshape(b, member_features_dim)
     rid = None
     if "request_id" in table.column_names:
-        rid = text("request_id")
-        for row in np.flatnonzero(rid == "").tolist():
+        rid_col = column("request_id", optional=True)
+        rid = text("request_id", optional=True)  # null: none given ("" below, a fresh id when logged)
+        for row in np.flatnonzero((rid == "") & rid_col.is_valid().to_numpy(zero_copy_only=False)).tolist():
             errors.setdefault(row, "request_id is the empty string")
     return RequestBatch(
         member_id=ints("member_id"),
@@ -467,7 +468,9 @@ def build_inputs(
         first = np.zeros(len(batch), np.int64)
         first[cand_row[unknown][::-1]] = batch.candidate_ids[unknown][::-1]  # first unknown id of each row
         batch.fail(
-            bad, "candidate image {value} has no embedding (not in images.npy; add it with add_images)", first
+            bad,
+            "candidate_image_ids: image {value} has no embedding (not in images.npy; add it with add_images)",
+            first,
         )
     ok = np.ones(len(batch), bool)
     ok[list(batch.errors)] = False

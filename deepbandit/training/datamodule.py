@@ -71,6 +71,11 @@ def check_learnable(table: pa.Table, source: str) -> None:
     """Refuse logs that cannot train a policy, with the reason (before any step runs)."""
     if table.num_rows == 0:
         raise TrainingDataError(f"{source}: the training split is empty; check data.split_at / val_fraction")
+    if table.column("reward").null_count == table.num_rows:
+        raise TrainingDataError(
+            f"{source}: no reward is known yet: reward is null on every row of the training split "
+            f"({table.num_rows} rows; the attribution window is still open); train once rewards are joined"
+        )
     reward = pc.fill_null(table.column("reward"), 0.0)
     if pc.max(pc.abs(reward)).as_py() == 0:
         raise TrainingDataError(

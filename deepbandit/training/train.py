@@ -29,7 +29,7 @@ from deepbandit.data.schema import WORLD_FILE
 from deepbandit.data.tensors import ImpressionBatch
 from deepbandit.data.validation import gate_dataset
 from deepbandit.errors import ConfigError, DataError
-from deepbandit.evaluation.baselines import fit_take_rates, logged_rows
+from deepbandit.evaluation.baselines import drop_open_rewards, fit_take_rates, logged_rows
 from deepbandit.evaluation.epoch_metrics import ValidationMetrics
 from deepbandit.evaluation.ground_truth import true_values
 from deepbandit.models.bundle import ModelBundle
@@ -278,7 +278,7 @@ def train(
     train_images = pc.unique(pc.list_flatten(dm.train_table.column("candidate_image_ids"))).to_numpy()
     monitor = None
     if world is not None:
-        train_rates = fit_take_rates(logged_rows(dm.train_table, "training rows"))
+        train_rates = fit_take_rates(logged_rows(drop_open_rewards(dm.train_table)[0], "training rows"))
         monitor = TrueValueMonitor(
             lambda logits: true_values(world, dm.val_table, logits, train_images, train_rates),
             dm.batch_of(dm.val_table),

@@ -127,7 +127,7 @@ def test_scores_match_torch_on_training_features(exported, kind):
         ({"recommender_score": float("nan")}, "recommender_score is nan"),
         ({"candidate_image_ids": [1001, 1002, 1001]}, "repeats image 1001"),
         ({"candidate_image_ids": list(range(1000, 1000 + 129))}, "129 images, more than 128"),
-        ({"candidate_image_ids": [1001, 77]}, "candidate image 77 has no embedding"),
+        ({"candidate_image_ids": [1001, 77]}, "candidate_image_ids: image 77 has no embedding"),
         ({"country": 3}, "country must be a string"),
         ({"played_title_ids": ["a"]}, "played_title_ids must be a list of integer ids"),
     ],
