@@ -93,8 +93,9 @@ def run(cfg: DictConfig | PipelineConfig) -> dict:
 
     step("evaluate")
     eval_cfg = _step_config(
-        "evaluate", [*cfg.evaluate, f"dataset={data_dir}", f"bundle={bundle}", f"out_dir={report_dir}"]
-    )
+        "evaluate",
+        [*cfg.evaluate, f"dataset={data_dir}", f"bundle={bundle}", f"out_dir={report_dir}", "validate=false"],
+    )  # validated above; the dataset record is still checked
     result["evaluate"] = evaluate.run(eval_cfg)
     evaluate.print_summary(result["evaluate"], console)
 
