@@ -129,3 +129,49 @@ def test_triton_folders_stay_inside_the_export(tiny_bundle, tmp_path):
     with pytest.raises(ConfigError, match="model_name='../../x'"):
         export_bundle(tiny_bundle(), tmp_path / "export", triton=True, model_name="../../x")
     assert not (tmp_path / "x").exists() and not (tmp_path / "export").exists()
+
+
+KILLED_MID_RUN = """
+import os, signal, sys
+from deepbandit.sim.simulator import SimulateConfig, simulate
+from deepbandit.sim.world import WorldConfig
+
+world = WorldConfig(n_members=50, n_titles=8, n_genres=3, n_themes=4, n_cast=10, cast_per_title=2,
+                    favourite_cast=1, images_min=2, images_max=4, images_mean=3.0, embedding_dim=4)
+config = SimulateConfig(world=world, n_impressions=4000, chunk_rows=1000, batch_rows=500,
+                        out_dir=sys.argv[1], progress=False, overwrite=True)
+
+def kill_after_two_parts(rows_done):
+    if rows_done >= 2000:  # the first parts are on disk; kill -9 leaves no chance to clean up
+        os.kill(os.getpid(), signal.SIGKILL)
+
+simulate(config, on_progress=kill_after_two_parts)
+"""
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["new folder", "over a complete dataset"])
+def test_a_writer_killed_mid_run_leaves_a_dataset_every_reader_refuses(tmp_path, earlier):
+    import subprocess
+    import sys
+
+    from deepbandit.data.validation import ValidationError, gate_dataset, validate_dataset
+    from deepbandit.evaluation.evaluate import read_dataset
+    from deepbandit.sim.simulator import SimulateConfig, simulate
+    from deepbandit.sim.world import WorldConfig
+
+    out = tmp_path / "data"
+    if earlier:  # a finished dataset the killed run was replacing
+        world = WorldConfig(n_members=50, n_titles=8, n_genres=3, n_themes=4, n_cast=10, cast_per_title=2,
+                            favourite_cast=1, images_min=2, images_max=4, images_mean=3.0, embedding_dim=4)  # fmt: skip
+        simulate(SimulateConfig(world=world, n_impressions=300, out_dir=str(out), progress=False))
+        validate_dataset(out)
+    run = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(out)], capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+    assert list((out / "impressions").glob("part-*.parquet")), "the killed writer had written parts"
+    for check in (
+        lambda: validate_dataset(out),
+        lambda: gate_dataset(out, validate=False),
+        lambda: read_dataset(out),
+    ):
+        with pytest.raises((ValidationError, DataError), match="incomplete dataset"):
+            check()
