@@ -824,3 +824,32 @@ def test_graph_inputs_are_checked_before_they_reach_the_graph(service, feeds, na
 
 def test_the_table_is_large(base):
     assert len(LOG_CASES) + len(REQUEST_CASES) + len(GRAPH_CASES) >= 150
+
+
+def test_streamed_training_reads_accepted_variants_as_resident_training_does(base, tmp_path):
+    """The streaming reader (row groups pruned by statistics in the file's own types) on several variants
+    at once gives the same model as resident training on the contract's types."""
+    root, reference = tmp_path / "data", tmp_path / "reference"
+    shutil.copytree(base, root)
+    shutil.copytree(base, reference)
+    _write(reference, _read(reference), row_group_size=64)  # the same row groups (streaming shuffles them)
+    t = _read(root)
+    t = _set(t, "member_id", t.column("member_id").cast(pa.int32()))
+    t = _set(t, "country", t.column("country").cast(pa.large_string()))
+    t = _set(t, "device", t.column("device").dictionary_encode())
+    t = _set(t, "timestamp", t.column("timestamp").cast(pa.timestamp("ns", tz="Asia/Tokyo")))
+    t = _set(t, "candidate_image_ids", t.column("candidate_image_ids").cast(pa.large_list(pa.int32())))
+    _write(root, t.replace_schema_metadata(None), row_group_size=64)
+
+    def fit(path: Path, resident: bool, out: str) -> dict:
+        cfg = TrainConfig(
+            data=DataConfig(path=str(path), resident=resident),
+            model=ModelGroupConfig(hidden=8, tower_dim=8, head_dim=8, id_dim=4),
+            trainer=TrainerConfig(
+                max_epochs=1, batch_size=128, progress=False, logger="none", val_interval="none"
+            ),
+        )
+        return train(cfg, out_dir=tmp_path / out)["val"]
+
+    assert fit(root, False, "streamed") == fit(reference, False, "reference_streamed")
+    assert fit(root, True, "resident") == fit(reference, True, "reference_resident")

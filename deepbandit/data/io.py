@@ -416,7 +416,7 @@ def shard_fragments(
     fragments = [
         rg
         for f in dataset.get_fragments(filter=filter if filter is not None else ds.scalar(True))
-        for rg in f.split_by_row_group(filter=filter, schema=dataset.schema)
+        for rg in _row_groups(f, filter, dataset.schema)
     ]
     fragments.sort(key=lambda f: (f.path, f.row_groups[0].id))
     shard = rank * num_workers + worker
@@ -432,6 +432,30 @@ def shard_fragments(
         owner[i] = s = int(np.argmin(load))
         load[s] += rows[i]
     return [f for f, o in zip(fragments, owner, strict=True) if o == shard]
+
+
+def _row_groups(fragment: ds.ParquetFileFragment, filter: ds.Expression | None, schema: pa.Schema) -> list:
+    """The fragment's row groups, pruned by ``filter`` on their statistics where Arrow can compare them.
+
+    Statistics are in the file's physical types; for an accepted variant (say ns timestamps in another
+    zone) Arrow has no kernel to compare them with the contract-typed filter. Then the filter's columns
+    of each row group are read at the contract's types and the groups without a matching row are dropped:
+    on time-ordered logs the same groups as the statistics would keep.
+    """
+    try:
+        return fragment.split_by_row_group(filter=filter, schema=schema)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):
+        groups = fragment.split_by_row_group()
+        columns = _filter_columns(filter)
+        return [g for g in groups if g.to_table(schema=schema, columns=columns).filter(filter).num_rows]
+
+
+def _filter_columns(filter: ds.Expression | None) -> list[str]:
+    """The columns a time or partition filter reads (the ones this module builds filters on)."""
+    if filter is None:
+        return []
+    text = str(filter)
+    return [name for name in ("timestamp", PARTITION_DATE) if name in text]
 
 
 def iter_record_batches(
@@ -493,12 +517,15 @@ def _read_fragments(
     """
 
     def read(fragment: ds.ParquetFileFragment) -> pa.Table:
-        return fragment.to_table(
-            schema=schema,
-            columns=list(columns) if columns is not None else None,
-            filter=filter,
-            batch_size=batch_rows,
-        )
+        wanted = list(columns) if columns is not None else None
+        try:
+            return fragment.to_table(schema=schema, columns=wanted, filter=filter, batch_size=batch_rows)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            # an accepted variant whose statistics Arrow cannot compare with the filter (see _row_groups):
+            # read the row group at the contract's types, then filter its rows
+            needed = None if wanted is None else list(dict.fromkeys([*wanted, *_filter_columns(filter)]))
+            table = fragment.to_table(schema=schema, columns=needed, batch_size=batch_rows).filter(filter)
+            return table if wanted is None else table.select(wanted)
 
     upcoming = iter(fragments)
     pending: deque = deque()
