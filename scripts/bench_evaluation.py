@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,17 @@ import torch
 from machine import machine
 from tqdm.auto import tqdm
 
-from deepbandit.evaluation.estimators import DM, DR, IPS, SNDR, SNIPS, OffPolicyEstimator, Replay, SwitchDR
+from deepbandit.evaluation.estimators import (
+    DM,
+    DR,
+    IPS,
+    SNDR,
+    SNIPS,
+    OffPolicyEstimator,
+    Replay,
+    SwitchDR,
+    estimate_all,
+)
 from deepbandit.evaluation.intervals import poisson_table
 
 ESTIMATORS: list[OffPolicyEstimator] = [
@@ -182,6 +193,37 @@ def bench_numpy(logs: dict[str, np.ndarray], n_bootstrap: int) -> dict[str, dict
     return out
 
 
+VALUE_SET = ("ips", "snips", "dr")  # the value-only comparison: the estimators a quick report needs
+
+
+def cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Least process CPU time of ``repeats`` calls: on a shared machine the figure that holds."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def bench_value_over_numpy(logs: dict[str, np.ndarray], repeats: int) -> dict[str, object]:
+    """Values only (no interval, no standard error) through deepbandit, input checks included, against the
+    numpy reference on the same arrays: CPU-seconds of each, and numpy's over ours (>= 1: we are faster).
+    Each estimator alone, and IPS + SNIPS + DR together (one pass for ours, three expressions for numpy)."""
+    by_name = {e.name: e for e in ESTIMATORS}
+    out: dict[str, object] = {}
+    for names in [(n,) for n in VALUE_SET] + [VALUE_SET]:
+        estimators = [by_name[n] for n in names]
+        # the arrays the set needs (DR's reward model only where DR is in it)
+        arrays = logs_for(logs, by_name["dr"] if "dr" in names else estimators[0], False, {})
+        ours = cpu_seconds(lambda e=estimators, a=arrays: estimate_all(e, **a, standard_error=False), repeats)
+        plain = cpu_seconds(lambda ns=names: [numpy_terms(n, logs)[0] for n in ns], repeats)
+        out["+".join(names)] = dict(
+            numpy_cpu_seconds=plain, ours_cpu_seconds=ours, value_over_numpy=plain / ours
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,9 +233,35 @@ def main() -> None:
     parser.add_argument("--n-bootstrap", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/evaluation.json"))
+    parser.add_argument(
+        "--value-only",
+        action="store_true",
+        help="only the value-only comparison (value_over_numpy, CPU-seconds, torch on 1 thread), merged "
+        "into --out beside the earlier results",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--value-only: repeats (least CPU time kept)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.value_only:
+        torch.set_num_threads(1)  # numpy's reference runs on one core: CPU-seconds compare like with like
+        logs, t_gen = timed(lambda: make_logs(args.rows, args.candidates))
+        ratios = bench_value_over_numpy(logs, args.repeats)
+        report = json.loads(args.out.read_text()) if args.out.exists() else {"machine": machine()}
+        report["value_over_numpy"] = dict(
+            machine=machine(),
+            rows=args.rows,
+            candidates=args.candidates,
+            repeats=args.repeats,
+            results=ratios,
+        )
+        tmp = args.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, args.out)
+        for name, r in ratios.items():
+            print(f"{name:<16} numpy {r['numpy_cpu_seconds']:.3f} s  ours {r['ours_cpu_seconds']:.3f} s  "
+                  f"value_over_numpy {r['value_over_numpy']:.2f}")  # fmt: skip
+        return
 
     (logs, t_gen) = timed(lambda: make_logs(args.rows, args.candidates))
     print(f"generated {args.rows:,} rows x {args.candidates} candidates in {t_gen:.1f} s")

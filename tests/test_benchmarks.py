@@ -43,6 +43,7 @@ def test_bench_train_times_every_case_in_its_own_process(tmp_path):
     [
         ("bench_data.py", ["--sizes", "1000"], "runs"),
         ("bench_evaluation.py", ["--rows", "5000", "--n-bootstrap", "3"], "results"),
+        ("bench_evaluation.py", ["--rows", "5000", "--value-only", "--repeats", "1"], "value_over_numpy"),
         ("bench_serving.py", ["--sizes", "1", "16", "--seconds", "0.05", "--no-gpu"], "cpu"),
         (
             "bench_wheel.py",

@@ -87,6 +87,7 @@ class ValidationMetrics:
                     estimated_rewards=q,
                     interval=self.interval,
                     seed=self.seed,
+                    standard_error=self.interval == "normal",  # only the values (and bounds) are reported
                 )
             for est_name, e in est.items():
                 out[f"val/{est_name}_{name}"] = e.value

@@ -167,8 +167,9 @@ class OffPolicyEstimator:
         return estimate_all([self], **kwargs)[self.name]
 
     def estimate_policy_value(self, **kwargs: Any) -> float:
-        """The estimated value of the target policy (arguments: the arrays of ``estimate_all``)."""
-        return self.estimate(**kwargs).value
+        """The estimated value of the target policy (arguments: the arrays of ``estimate_all``); no
+        standard error is computed."""
+        return self.estimate(standard_error=False, **kwargs).value
 
     def estimate_interval(
         self,
@@ -575,8 +576,12 @@ def estimate_all(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float64,
     progress: bool = False,
+    standard_error: bool = True,
 ) -> dict[str, Estimate]:
     """Run several estimators in one pass over the rows; returns ``{estimator.name: Estimate}``.
+
+    ``standard_error=False`` (values only, no interval or a bootstrap one): the delta method's
+    cross-products are not accumulated and ``se`` is NaN, which saves about a fifth of the work.
 
     Arrays: see the module docstring. ``interval``: None, "bootstrap" (percentile, Poisson resampling with
     ``n_bootstrap`` resamples from ``seed``; one set of resamples is shared by all estimators, so their
@@ -604,7 +609,9 @@ def estimate_all(
     chunk = chunk_size or max(1, 2**22 // inputs.n_candidates)
 
     k = 3 * len(estimators)
-    moments = Moments(k, device, dtype)
+    if interval == "normal" and not standard_error:
+        raise ValueError("interval='normal' is value +- z * se: it needs standard_error=True")
+    moments = Moments(k, device, dtype, cross_products=standard_error)
     boot = PoissonBootstrap(n_bootstrap, k, seed, device, dtype) if interval == "bootstrap" else None
     sums = _DiagnosticSums()
     n_clipped = [0] * len(estimators)
@@ -658,7 +665,7 @@ def estimate_all(
         cols = slice(3 * i, 3 * i + 3)
         sum_c, sum_a, sum_b = moments.sum[cols].tolist()
         value = ratio_value(sum_c, inputs.n, sum_a, sum_b)
-        se = delta_method_se(moments, cols) if inputs.n > 1 else math.nan
+        se = delta_method_se(moments, cols) if inputs.n > 1 and standard_error else math.nan
         lower = upper = None
         if interval == "normal":
             z = z_value(alpha)

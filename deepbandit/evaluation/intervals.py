@@ -42,14 +42,19 @@ class Moments:
     cancellation of sum-of-squares minus square-of-sums on large inputs.
     """
 
-    def __init__(self, k: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, k: int, device: torch.device, dtype: torch.dtype, cross_products: bool = True) -> None:
         self.n = 0
         self.sum = torch.zeros(k, device=device, dtype=dtype)
-        self.m2 = torch.zeros(k, k, device=device, dtype=dtype)
+        # without cross_products only the sums are kept (a value needs nothing more; an se needs m2)
+        self.m2 = torch.zeros(k, k, device=device, dtype=dtype) if cross_products else None
 
     def add(self, x: torch.Tensor) -> None:
         m = x.shape[0]
         s = x.sum(dim=0)
+        if self.m2 is None:
+            self.sum += s
+            self.n += m
+            return
         centred = x - s / m
         m2 = centred.T @ centred
         if self.n:

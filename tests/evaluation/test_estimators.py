@@ -133,6 +133,20 @@ def test_normal_interval_is_value_plus_minus_z_se() -> None:
     assert (got["lower"], got["upper"]) == pytest.approx((snips - z * se, snips + z * se), rel=1e-9)
 
 
+def test_values_without_standard_errors_are_the_same_values() -> None:
+    kw = random_arrays(6)
+    full = estimate_all(all_estimators(), **kw, chunk_size=41)
+    bare = estimate_all(all_estimators(), **kw, chunk_size=41, standard_error=False)
+    for name, est in full.items():
+        assert bare[name].value == est.value and math.isnan(bare[name].se) and not math.isnan(est.se), name
+        assert bare[name].diagnostics == est.diagnostics
+    boot = estimate_all(all_estimators(), **kw, interval="bootstrap", n_bootstrap=20, standard_error=False)
+    with_se = estimate_all(all_estimators(), **kw, interval="bootstrap", n_bootstrap=20)
+    assert all((boot[n].lower, boot[n].upper) == (with_se[n].lower, with_se[n].upper) for n in boot)
+    with pytest.raises(ValueError, match="needs standard_error=True"):
+        estimate_all(all_estimators(), **kw, interval="normal", standard_error=False)
+
+
 def test_inputs_as_tensors_chunks_and_float32_agree() -> None:
     kw = random_arrays(5)
     base = estimate_all(all_estimators(), **kw)
