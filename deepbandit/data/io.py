@@ -672,11 +672,11 @@ def check_dataset_record(root: str | os.PathLike, *, hashes: bool = False) -> di
         )
     recorded: dict = record.get("files") or {}
     present = {p.relative_to(root).as_posix(): p for p in _data_files(root)}
-    for name in sorted(recorded.keys() - present.keys()):
-        raise DataError(f"{root}: {name} is missing; {writer} wrote it ({DATASET_RECORD_FILE})")
-    for name in sorted(present.keys() - recorded.keys()):
+    if missing := sorted(recorded.keys() - present.keys()):
+        raise DataError(f"{root}: {missing[0]} is missing; {writer} wrote it ({DATASET_RECORD_FILE})")
+    if extra := sorted(present.keys() - recorded.keys()):
         raise DataError(
-            f"{root}: {name} was not written by {writer} ({DATASET_RECORD_FILE} lists the files it wrote); "
+            f"{root}: {extra[0]} was not written by {writer} ({DATASET_RECORD_FILE} lists the files it wrote); "
             f"remove it, or delete {DATASET_RECORD_FILE} if the change is intended"
         )
     for name, entry in recorded.items():
