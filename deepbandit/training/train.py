@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import sys
 import time
 import warnings
@@ -230,11 +231,17 @@ def check_ckpt_path(trainer: TrainerConfig) -> None:
         )
     try:  # read here, weights-only, so that a crafted or foreign file is refused in one line before training
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...: all mean "not ours"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        # torch's own message advises weights_only=False, which is not for a file we did not write
+        if "Unsupported global" not in str(e):  # not a pickle of objects: garbage or another format
+            raise DataError(f"trainer.ckpt_path={path!r}: refused: not a PyTorch checkpoint file") from e
         raise DataError(
-            f"trainer.ckpt_path={path!r}: refused, not a checkpoint that loads weights-only (tensors and plain "
-            f"containers; anything else could run code when unpickled): {first[:200]}"
+            f"trainer.ckpt_path={path!r}: refused: it holds objects other than tensors and plain containers, "
+            "and unpickling those could run code; resume only from checkpoints deepbandit train wrote"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - RuntimeError, EOFError, zip errors...: not a checkpoint at all
+        raise DataError(
+            f"trainer.ckpt_path={path!r}: refused: not a PyTorch checkpoint file ({type(e).__name__})"
         ) from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise DataError(f"trainer.ckpt_path={path!r}: not a Lightning checkpoint (no state_dict)")
