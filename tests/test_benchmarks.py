@@ -28,13 +28,22 @@ def _run(script: str, out: Path, *args: str) -> dict:
 @pytest.mark.slow
 def test_bench_train_times_every_case_in_its_own_process(tmp_path):
     report = _run("bench_train.py", tmp_path / "t.json", "--rows", "1500", "--steps", "2", "--batch", "256",
-                  "--precision", "32-true")  # fmt: skip
-    cases = {(r["model"], r["path"], r["precision"]) for r in report["results"]}
-    assert len(cases) == 4, cases  # 2 models x 2 loaders (bf16 adds nothing here that the GPU tests miss)
+                  "--precision", "32-true", "--repeats", "1")  # fmt: skip
+    cases = {(r["model"], r["path"], r["packed"], r["batch"]) for r in report["results"]}
+    k1, k10 = "K=1 (default model)", "K=10 ensemble"
+    # 2 models x 2 loaders, the padded reference of each, Lightning beside the bare loop at 256 and 64
+    assert cases == {(m, path, True, 256) for m in (k1, k10) for path in ("resident", "dataloader")} | {
+        (k1, "resident", False, 256), (k10, "resident", False, 256), (k1, "lightning", True, 256),
+        (k1, "resident", True, 64), (k1, "lightning", True, 64),
+    }  # fmt: skip
     for r in report["results"]:
-        assert r["impressions_per_s"] > 0 and r["steps"] == 2, r
-        assert r["rows"] == (3 + 2) * 256, r  # warm-up and timed steps, full batches only
-        assert r.get("peak_rss_growth_mb", r.get("peak_cuda_allocated_mb")) is not None, r
+        assert r["impressions_per_s"] > 0 and r["impressions_per_cpu_s"] > 0 and r["steps"] == 2, r
+        assert r["rows"] == (3 + 2) * r["batch"], r  # warm-up and timed steps, full batches only
+        assert r["padded_candidates"] > r["mean_candidates"], r  # the default world's mix has padding
+        if r["path"] != "lightning":
+            assert r.get("peak_rss_growth_mb", r.get("peak_cuda_allocated_mb")) is not None, r
+    assert set(report["ratios"]["packed_over_padded"]) == {k1, k10}
+    assert set(report["ratios"]["lightning_over_bare"]) == {"batch 64", "batch 256"}
 
 
 @pytest.mark.slow

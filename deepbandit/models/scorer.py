@@ -1,8 +1,15 @@
 """The default model: one logit per candidate image from a member tower, an image tower and an interaction.
 
-Shapes: B requests, A padded candidates, D image-embedding width, d = ``tower_dim``, L the leading
-member/sample dimension of ``encoders``. Expected reward = sigmoid(logit); padded candidates get
-``PAD_LOGIT``.
+Shapes: B requests, A padded candidates, N real (request, candidate) pairs, D image-embedding width,
+d = ``tower_dim``, L the leading member/sample dimension of ``encoders``. Expected reward =
+sigmoid(logit); padded candidates get ``PAD_LOGIT``.
+
+Candidate packing: logged requests have few real candidates next to the widest one (the default world:
+7.4 on average, padded to 24), and the image tower and the interaction head, most of the model's work,
+would run on padding. In eager torch the scorer therefore runs them on the N real pairs only and scatters
+the logits back to (B, A); the member tower still runs once per request. The result is the padded path's
+(padded candidates' logits are masked, so no gradient flows through them either way), tested equal. The
+ONNX graph and ``torch.compile`` keep the padded path: they need shapes that do not depend on the data.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from deepbandit.models.encoders import (
     StackedLinear,
     dropout,
 )
+
+# pack candidates when fewer than this fraction of the (B, A) pairs are real
+PACK_BELOW_FILL = 0.8
 
 
 class InteractionHead(nn.Module):
@@ -52,6 +62,22 @@ class InteractionHead(nn.Module):
         logits = self.out(dropout(features, self.p, dropout_active, n_samples)).squeeze(-1)
         return logits, features
 
+    def packed(
+        self,
+        member: Tensor,
+        images: Tensor,
+        request: Tensor,
+        dropout_active: bool = False,
+        n_samples: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """The same on real pairs only: member (L, B, d), images (L, N, d), request (N,) the request of
+        each pair -> (logits (L', N), features (L, N, h))."""
+        m = member.index_select(1, request)  # (L, N, d)
+        first = self.member(member).index_select(1, request)  # W_m m once per request, then per pair
+        features = F.relu(first + self.image(images) + self.product(m * images))
+        logits = self.out(dropout(features, self.p, dropout_active, n_samples)).squeeze(-1)
+        return logits, features
+
 
 class ArtworkScorer(nn.Module):
     """Scores each candidate image of a request: logits (B, A), expected reward sigmoid(logit).
@@ -71,6 +97,9 @@ class ArtworkScorer(nn.Module):
         self.member_tower = MemberTower(cfg, title_genres, n_members)
         self.image_tower = ImageTower(cfg, n_members)
         self.head = InteractionHead(cfg, n_members)
+        # score only real candidates in eager torch (see the module docstring); False: the padded path
+        # everywhere (the reference the packed path is tested and benchmarked against)
+        self.pack_candidates = True
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, uncertainty, title_genres: Tensor) -> ArtworkScorer:
@@ -88,19 +117,50 @@ class ArtworkScorer(nn.Module):
         *,
         dropout_active: bool | None = None,
         n_samples: int = 1,
-    ) -> tuple[Tensor, Tensor]:
-        """Unmasked logits (L, B, A) and last-layer features (L, B, A, head_dim).
+        with_features: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Unmasked logits (L, B, A) and last-layer features (L, B, A, head_dim), or None without
+        ``with_features``.
 
         dropout_active None follows ``self.training``; with True and ``n_samples`` S > 1 (K = 1 only),
-        L = S independent dropout draws computed in one batched pass.
+        L = S independent dropout draws computed in one batched pass. Padded candidates' logits are
+        unspecified (callers mask them) and their features 0 when the candidates were packed.
         """
         x = ModelInputs.of(inputs)
         active = self.training if dropout_active is None else dropout_active
         if n_samples > 1 and self.n_members > 1:
             raise ValueError("dropout sampling (n_samples > 1) needs a single-member scorer")
         member = self.member_tower(x, active, n_samples)
-        images = self.image_tower(x.candidate_embeddings, x.candidate_image_idx, active, n_samples)
-        return self.head(member, images, active, n_samples)
+        pairs = self._real_pairs(x.candidate_mask)
+        if pairs is None:
+            images = self.image_tower(x.candidate_embeddings, x.candidate_image_idx, active, n_samples)
+            return self.head(member, images, active, n_samples)
+        b, a = x.candidate_mask.shape
+        embeddings = x.candidate_embeddings.reshape(b * a, -1).index_select(0, pairs)  # (N, D)
+        image_idx = x.candidate_image_idx
+        if image_idx is not None:
+            image_idx = image_idx.reshape(1, b * a).index_select(1, pairs)  # (1, N)
+        # the image tower reads (B, A, D); the N pairs enter as one request of N candidates
+        images = self.image_tower(embeddings.unsqueeze(0), image_idx, active, n_samples)[:, 0]  # (L, N, d)
+        logits, features = self.head.packed(member, images, torch.div(pairs, a, rounding_mode="floor"),
+                                            active, n_samples)  # fmt: skip
+        out = logits.new_full((logits.shape[0], b * a), PAD_LOGIT).index_copy(1, pairs, logits)
+        if not with_features:
+            return out.view(-1, b, a), None
+        h = features.shape[-1]
+        full = features.new_zeros(features.shape[0], b * a, h).index_copy(1, pairs, features)
+        return out.view(-1, b, a), full.view(-1, b, a, h)
+
+    def _real_pairs(self, candidate_mask: Tensor) -> Tensor | None:
+        """Flat indices (N,) of the real (request, candidate) pairs in (B * A), or None for the padded path:
+        packing off, an export or compilation (data-dependent shapes), or little padding to skip."""
+        if not self.pack_candidates or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return None
+        if torch.onnx.is_in_onnx_export():
+            return None
+        pairs = candidate_mask.reshape(-1).nonzero().squeeze(1)  # one host sync per call on a GPU
+        # gathering and scattering cost about a pass over the padded pairs: not worth it when few are padding
+        return pairs if len(pairs) < PACK_BELOW_FILL * candidate_mask.numel() else None
 
     def member_logits(
         self,
@@ -111,7 +171,7 @@ class ArtworkScorer(nn.Module):
     ) -> Tensor:
         """Masked logits (B, L, A): L = n_members, or n_samples dropout draws (padding = PAD_LOGIT)."""
         x = ModelInputs.of(inputs)
-        logits, _ = self.scores(x, dropout_active=dropout_active, n_samples=n_samples)
+        logits, _ = self.scores(x, dropout_active=dropout_active, n_samples=n_samples, with_features=False)
         if logits.shape[0] < n_samples:  # no dropout anywhere: every draw is the same
             logits = logits.expand(n_samples, *logits.shape[1:])
         return logits.transpose(0, 1).masked_fill(~x.candidate_mask.unsqueeze(1), PAD_LOGIT)
@@ -119,7 +179,7 @@ class ArtworkScorer(nn.Module):
     def forward(self, inputs: ModelInputs | Mapping[str, Tensor]) -> Tensor:
         """Point logits (B, A), the mean over members; padded candidates hold PAD_LOGIT."""
         x = ModelInputs.of(inputs)
-        logits, _ = self.scores(x)
+        logits, _ = self.scores(x, with_features=False)
         return logits.mean(0).masked_fill(~x.candidate_mask, PAD_LOGIT)
 
     def posterior_samples(

@@ -114,7 +114,7 @@ class TrainerConfig(OptimConfig):
     ckpt_path: str | None = None  # resume from this Lightning checkpoint (loaded weights-only)
     allow_remote_ckpt: bool = False  # let ckpt_path be a URL (http://, s3://, ...) rather than a local file
     progress: bool = True  # show the progress bar
-    progress_every_n_steps: int = 1  # progress bar refresh (each refresh reads the loss: a host sync)
+    progress_every_n_steps: int = 10  # progress bar refresh (each refresh reads the loss: a host sync)
     log_every_n_steps: int = 50  # training steps between logged training metrics
     finite_check_every_n_steps: int = 1  # how often the host reads the non-finite-loss flag (FiniteLossCheck)
     deterministic: bool = False  # use only deterministic torch algorithms (slower; Lightning's flag)
@@ -150,7 +150,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
     ``max_epochs=-1``, would accept as "train forever")."""
     t, d = cfg.trainer, cfg.data
     for name, value in (("trainer.max_epochs", t.max_epochs), ("trainer.batch_size", t.batch_size),
-                        ("trainer.num_nodes", t.num_nodes), ("data.max_history", d.max_history)):  # fmt: skip
+                        ("trainer.num_nodes", t.num_nodes), ("data.max_history", d.max_history),
+                        ("trainer.progress_every_n_steps", t.progress_every_n_steps),
+                        ("trainer.log_every_n_steps", t.log_every_n_steps),
+                        ("trainer.finite_check_every_n_steps", t.finite_check_every_n_steps)):  # fmt: skip
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     if not t.lr > 0:

@@ -83,6 +83,7 @@ def build_module(
         posterior_draws=n_draws,
         compile=t.compile,
         seed=t.seed,
+        log_every=(t.log_every_n_steps, t.progress_every_n_steps),
     )
 
 
@@ -128,6 +129,10 @@ def _quiet_lightning() -> None:
         rank_zero.addFilter(_DropLitLoggerTip())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    # BanditModule moves its own batches (Lightning's generic walk deep-copies them), on purpose
+    warnings.filterwarnings(
+        "ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*"
+    )
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, logger, callbacks: list | None = None) -> L.Trainer:

@@ -128,9 +128,69 @@ def test_member_tower_runs_once_per_request_and_image_tower_once_per_candidate()
         lambda m, i, o: seen.setdefault("rows", []).append(i[0].shape)
     )
     model(x)
+    real = int(x.candidate_mask.sum())
+    assert real < 0.8 * x.candidate_mask.numel()  # enough padding for the packed path
     assert seen["member"] == [(1, 7, CFG.tower_dim)]  # (members, B, d), never (B * A, d)
-    assert seen["image"] == [(1, 7, 5, CFG.tower_dim)]
+    assert seen["image"] == [(1, 1, real, CFG.tower_dim)]  # the real candidates only, packed
     assert seen["rows"][0][:2] == (1, 7)
+    seen["image"].clear()
+    model.pack_candidates = False
+    model(x)
+    assert seen["image"] == [(1, 7, 5, CFG.tower_dim)]  # padded: every (request, slot)
+
+
+def test_little_padding_keeps_the_padded_path():
+    model, x = _model(), _inputs()
+    x.candidate_mask[:] = True
+    x.candidate_mask[0, -1] = False
+    assert model._real_pairs(x.candidate_mask) is None
+
+
+def _set_packing(model: torch.nn.Module, on: bool) -> None:
+    for part in model.modules():
+        if isinstance(part, ArtworkScorer):
+            part.pack_candidates = on
+
+
+@pytest.mark.parametrize("kind", ["none", "ensemble", "mc_dropout", "neural_linear"])
+def test_packed_candidates_give_the_padded_paths_loss_and_gradients(kind):
+    """The packed path is an implementation detail: logits at real candidates, the training loss and
+    every parameter's gradient equal the padded path's (to float rounding)."""
+    from deepbandit.losses.objectives import ObjectiveConfig, compute_loss
+    from deepbandit.models.uncertainty import UncertaintyConfig, build_scorer
+
+    cfg = replace(CFG, member_id_hash_buckets=5, dropout=0.2 if kind == "mc_dropout" else 0.0)
+    u = UncertaintyConfig(kind=kind, n_members=3, prior_scale=1.0)
+    torch.manual_seed(0)
+    model = build_scorer(cfg, u, _genres(cfg))
+    x = random_inputs(cfg, 32, 9, 4, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    action = (torch.rand(32, generator=g) * x.candidate_mask.sum(1)).long()
+    target = (torch.rand(32, generator=g) < 0.4).float()
+    pscore = 1.0 / x.candidate_mask.sum(1).float()
+
+    def loss_and_grads(packed: bool):
+        _set_packing(model, packed)
+        model.train(kind != "mc_dropout")  # dropout draws differ between shapes: compare without them
+        logits = model.member_logits(x)
+        parts = compute_loss(ObjectiveConfig(name="dr"), logits, x.candidate_mask, action, target, pscore)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return logits, parts["loss"], torch.autograd.grad(parts["loss"], params)
+
+    (lp, loss_p, grads_p), (lq, loss_q, grads_q) = loss_and_grads(True), loss_and_grads(False)
+    real = x.candidate_mask.unsqueeze(1).expand_as(lp)
+    torch.testing.assert_close(lp[real], lq[real], rtol=1e-5, atol=1e-6)
+    assert torch.equal(lp[~real], lq[~real])  # PAD_LOGIT on padding, both ways
+    torch.testing.assert_close(loss_p, loss_q, rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads_p, grads_q, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    if kind == "neural_linear":  # the last-layer features at real candidates too (the posterior reads them)
+        model.eval()
+        feats = []
+        for packed in (True, False):
+            _set_packing(model, packed)
+            feats.append(model._features(x)[1][x.candidate_mask])
+        torch.testing.assert_close(feats[0], feats[1], rtol=1e-5, atol=1e-6)
 
 
 def test_cold_start_new_image_scored_from_its_embedding_alone():

@@ -392,3 +392,17 @@ def test_a_logger_whose_package_is_missing_fails_before_the_data_is_read(tmp_pat
     cfg = _cfg(tmp_path / "no-such-dataset", logger=logger)
     with pytest.raises(ConfigError, match=rf"trainer.logger={logger} needs .*deepbandit\[{logger}\]"):
         train(cfg, out_dir=tmp_path / "out")
+
+
+def test_training_metrics_are_logged_at_the_loggers_steps_and_each_epochs_last(small_data, tmp_path):
+    """self.log costs Lightning host work per call, so the module logs only when the logger writes
+    (multiples of log_every_n_steps) and at each epoch's last step, where the epoch line reads the loss."""
+    import csv
+
+    cfg = _cfg(small_data, max_epochs=2, batch_size=256, logger="csv", log_every_n_steps=3,
+               progress_every_n_steps=1000)  # fmt: skip
+    metrics = train(cfg, out_dir=tmp_path)
+    rows = list(csv.DictReader(next((tmp_path / "logs").rglob("metrics.csv")).open()))
+    logged = [int(r["step"]) for r in rows if r.get("train/loss")]
+    steps = metrics["global_step"]
+    assert steps >= 6 and logged == [s for s in range(steps) if (s + 1) % 3 == 0]
