@@ -4,13 +4,19 @@
     python scripts/bench_serving.py --sizes 1 64 4096 --seconds 0.5
 
 For each batch size (1 .. 16384, 25 candidates, history 32) it times:
-  - model:    the graph alone on prebuilt inputs (onnxruntime session.run / torch eager under no_grad);
-              on GPU, onnxruntime with IO binding from host arrays, and torch with inputs already on the
-              device plus the copy of the scores back (what a serving loop pays);
+  - model:    the graph alone on prebuilt inputs: onnxruntime session.run of model.onnx (``onnxruntime``)
+              and of model_precomputed.onnx (the image tower's outputs stored; ``onnxruntime_precomputed``),
+              torch eager under no_grad; on GPU, onnxruntime with IO binding from host arrays, and torch
+              with inputs already on the device plus the copy of the scores back (what a serving loop pays);
   - decide:   ArtworkService.decide end to end on an Arrow table of raw requests (parsing, vocabulary
-              lookups, features, onnxruntime, greedy policy), onnxruntime only (serving has no torch).
+              lookups, features, onnxruntime on the precomputed graph, greedy policy), onnxruntime only
+              (serving has no torch).
 Each (backend, size) runs for ``--seconds`` (at least 3 calls) after 1 warm-up call; latency is per batch
-call: p50/p99 over calls; requests/s = batch / mean call time; scores/s = requests/s * 25.
+call: p50/p99 over calls; requests/s = batch / mean call time; scores/s = requests/s * 25; CPU-seconds per
+call are the process's, with one onnxruntime and torch thread on a CPU (``--threads``), so that the ratios
+below count work, not threads spinning while a neighbour holds a core. Ratios per batch size, CPU:
+``decide_over_session_run`` (decide / the session.run it calls), ``precomputed_over_embedding_graph``
+(model cost with the tower stored / without), ``requests_per_s_per_core`` (decide, per CPU-second).
 """
 
 from __future__ import annotations
@@ -60,16 +66,19 @@ def make_bundle(n_titles=20_000, n_images=100_000, dim=64) -> ModelBundle:
 def timed(fn, batch: int, seconds: float) -> dict:
     fn()  # warm-up (allocations, kernel selection)
     times = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     while len(times) < 3 or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    cpu_per_call = (time.process_time() - cpu0) / len(times)
     t = np.array(times)
     rps = batch / t.mean()
     return {
         "batch": batch,
         "calls": len(t),
+        "cpu_ms_per_call": cpu_per_call * 1e3,
+        "requests_per_cpu_s": batch / cpu_per_call,
         "requests_per_s": rps,
         "scores_per_s": rps * N_CANDIDATES,
         "p50_ms": float(np.percentile(t, 50) * 1e3),
@@ -114,24 +123,36 @@ def _machine() -> dict:
     return machine(onnxruntime=ort.__version__, onnxruntime_providers=ort.get_available_providers())
 
 
-def bench_device(bundle, export_dir: Path, device: str, sizes: list[int], seconds: float) -> dict:
+def bench_device(
+    bundle, export_dir: Path, device: str, sizes: list[int], seconds: float, threads: int
+) -> dict:
     from deepbandit.serving import ArtworkService
     from deepbandit.serving.session import OnnxSession
 
     names = input_names(bundle)
+    tower_names = input_names(bundle, precomputed=True)
     providers = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     )
-    session = OnnxSession(export_dir / "model.onnx", providers)
+    threads = threads if device == "cpu" else 0
+    if threads:
+        torch.set_num_threads(threads)
+    session = OnnxSession(export_dir / "model.onnx", providers, threads)
+    tower = OnnxSession(export_dir / "model_precomputed.onnx", providers, threads)
     if device == "cuda" and not session.cuda:
         raise RuntimeError(f"onnxruntime could not start CUDA (providers: {session.providers})")
     model = ExportModule(bundle.build_model().to(device), names, posterior=False).eval()
-    service = ArtworkService.from_dir(export_dir, providers=providers)
-    rows: dict[str, list[dict]] = {"onnxruntime": [], "torch_eager": [], "onnxruntime_decide": []}
+    service = ArtworkService.from_dir(export_dir, providers=providers, intra_op_threads=threads)
+    rows: dict[str, list[dict]] = {"onnxruntime": [], "onnxruntime_precomputed": [], "torch_eager": [],
+                                   "onnxruntime_decide": []}  # fmt: skip
     for b in sizes:
         feeds = sample_inputs(bundle, b, N_CANDIDATES, HISTORY, seed=b)
         tensors = [torch.from_numpy(feeds[n]).to(device) for n in names]
         rows["onnxruntime"].append(timed(lambda feeds=feeds: session.run(feeds, ["scores"]), b, seconds))
+        tower_feeds = {n: feeds[n] for n in tower_names}
+        rows["onnxruntime_precomputed"].append(
+            timed(lambda feeds=tower_feeds: tower.run(feeds, ["scores"]), b, seconds)
+        )
 
         def torch_call(tensors=tensors):
             with torch.inference_mode():
@@ -149,6 +170,22 @@ def bench_device(bundle, export_dir: Path, device: str, sizes: list[int], second
     return rows
 
 
+def ratios(rows: dict[str, list[dict]]) -> dict:
+    """Per batch size, from CPU-seconds per call measured in this run."""
+    out: dict = {
+        "decide_over_session_run": {},
+        "precomputed_over_embedding_graph": {},
+        "requests_per_s_per_core": {},
+    }
+    for decide, run, plain in zip(rows["onnxruntime_decide"], rows["onnxruntime_precomputed"], rows["onnxruntime"],
+                                  strict=True):  # fmt: skip
+        b = str(decide["batch"])
+        out["decide_over_session_run"][b] = decide["cpu_ms_per_call"] / run["cpu_ms_per_call"]
+        out["precomputed_over_embedding_graph"][b] = run["cpu_ms_per_call"] / plain["cpu_ms_per_call"]
+        out["requests_per_s_per_core"][b] = decide["requests_per_cpu_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,6 +194,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.6, help="time per (backend, batch size)")
     parser.add_argument("--out", default="benchmarks/serving.json")
     parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime/torch threads on a CPU (0: default)"
+    )
     args = parser.parse_args()
     bundle = make_bundle()
     result: dict = {
@@ -169,9 +209,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(tmp)
         export_bundle(bundle, export_dir, triton=False, parity_batch_sizes=(7,), parity_candidates=(25,))
-        result["cpu"] = bench_device(bundle, export_dir, "cpu", args.sizes, args.seconds)
+        result["cpu"] = bench_device(bundle, export_dir, "cpu", args.sizes, args.seconds, args.threads)
+        result["cpu_ratios"] = ratios(result["cpu"])
+        print(json.dumps(result["cpu_ratios"], indent=1))
         if not args.no_gpu and torch.cuda.is_available():
-            result["gpu"] = bench_device(bundle, export_dir, "cuda", args.sizes, args.seconds)
+            result["gpu"] = bench_device(bundle, export_dir, "cuda", args.sizes, args.seconds, 0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -26,6 +26,7 @@ DATASET_RECORD_FILE = "_deepbandit_dataset.json"
 MANIFEST_FILE = "manifest.json"
 EXPORT_MODEL_FILE = "model.onnx"
 EXPORT_MODEL_FP16_FILE = "model_fp16.onnx"
+EXPORT_MODEL_PRECOMPUTED_FILE = "model_precomputed.onnx"  # the image tower's outputs for the catalogue stored
 EXPORT_IMAGES_FILE = "images.npy"  # not the dataset's images.parquet: the embeddings the graph reads
 
 

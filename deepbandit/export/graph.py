@@ -25,6 +25,13 @@ exist (``outputs``).
 
 fp16: the model is converted with ``.half()`` and exported with float32 inputs and outputs (casts at the
 boundary), so the serving code feeds the same arrays to both variants.
+
+The precomputed variant (``model_precomputed.onnx``): the image tower depends on the image alone, so its
+output for every catalogue image (rows of images.npy, K members) is computed once at export and stored in
+the graph as a table; the graph takes ``candidate_image_idx`` (the image vocabulary index, also the row of
+images.npy) instead of ``candidate_embeddings`` and gathers the table, skipping the tower's two layers per
+candidate. It gives the embedding graph's outputs on catalogue images (parity-tested); images added after
+export have no row in it, so serving sends batches holding them to ``model.onnx``.
 """
 
 from __future__ import annotations
@@ -39,25 +46,41 @@ import torch
 from torch import Tensor, nn
 
 from deepbandit.atomic import atomic_file
-from deepbandit.data.features import INPUT_DTYPES, ModelInputs, active_inputs, input_shapes
+from deepbandit.data.features import (
+    INPUT_DTYPES,
+    INPUT_NAMES,
+    INPUTS,
+    ModelInputs,
+    active_inputs,
+    input_shapes,
+)
 from deepbandit.models.bundle import ModelBundle
 from deepbandit.models.encoders import random_inputs
+from deepbandit.models.scorer import precompute_image_towers
 from deepbandit.models.uncertainty import capabilities
 
 OPSET = 17
 
 
-def input_names(bundle: ModelBundle) -> list[str]:
-    """The graph's inputs for this bundle, in ``INPUT_NAMES`` order (``data.features.active_inputs``)."""
-    cfg = bundle.model_cfg
-    return [i.name for i in active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim,
-                                          cfg.member_id_hash_buckets)]  # fmt: skip
-
-
-def input_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
-    """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history" (from the contract)."""
+def _inputs(bundle: ModelBundle, precomputed: bool = False) -> list:
     cfg = bundle.model_cfg
     inputs = active_inputs(cfg.image_id_hash_buckets, cfg.member_features_dim, cfg.member_id_hash_buckets)
+    if not precomputed:
+        return inputs
+    names = {i.name for i in inputs} - {"candidate_embeddings"} | {"candidate_image_idx"}
+    return [INPUTS[n] for n in INPUT_NAMES if n in names]
+
+
+def input_names(bundle: ModelBundle, precomputed: bool = False) -> list[str]:
+    """The graph's inputs for this bundle, in ``INPUT_NAMES`` order (``data.features.active_inputs``); the
+    precomputed graph's take ``candidate_image_idx`` in place of ``candidate_embeddings``."""
+    return [i.name for i in _inputs(bundle, precomputed)]
+
+
+def input_specs(bundle: ModelBundle, precomputed: bool = False) -> dict[str, dict[str, Any]]:
+    """name -> {"dtype", "shape"} with symbolic axes "batch", "candidates", "history" (from the contract)."""
+    cfg = bundle.model_cfg
+    inputs = _inputs(bundle, precomputed)
     shapes = input_shapes(inputs, cfg.embedding_dim, cfg.member_features_dim)
     return {i.name: {"dtype": i.dtype, "shape": shapes[i.name]} for i in inputs}
 
@@ -80,9 +103,9 @@ def output_specs(bundle: ModelBundle) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def graph_input_names(bundle: ModelBundle) -> list[str]:
+def graph_input_names(bundle: ModelBundle, precomputed: bool = False) -> list[str]:
     """Every input of the graph: the model inputs, then ``posterior_noise`` when the model takes it."""
-    return input_names(bundle) + (["posterior_noise"] if noise_spec(bundle) else [])
+    return input_names(bundle, precomputed) + (["posterior_noise"] if noise_spec(bundle) else [])
 
 
 class ExportModule(nn.Module):
@@ -114,20 +137,26 @@ class ExportModule(nn.Module):
         return scores.float(), members.float(), members.argmax(-1)
 
     @classmethod
-    def of(cls, model: nn.Module, bundle: ModelBundle) -> ExportModule:
+    def of(cls, model: nn.Module, bundle: ModelBundle, precomputed: bool = False) -> ExportModule:
         """The export wrapper of ``model`` for ``bundle``'s graph (its inputs and posterior outputs)."""
         offers = capabilities(bundle.uncertainty_cfg)
-        return cls(model, input_names(bundle), offers.exported_posterior, offers.posterior_noise)
+        return cls(model, input_names(bundle, precomputed), offers.exported_posterior, offers.posterior_noise)
 
 
 def sample_inputs(
     bundle: ModelBundle, batch: int, candidates: int, history: int, seed: int = 0, samples: int = 4
 ) -> dict:
     """Random graph inputs as numpy arrays with the boundary dtypes (for tracing, parity and benchmarks),
-    with ``samples`` rows of posterior noise when the graph takes it."""
+    with ``samples`` rows of posterior noise when the graph takes it. The candidates are catalogue images:
+    ``candidate_embeddings`` are their rows of the bundle's table, so the embedding graph and the
+    precomputed one score the same candidates."""
     g = torch.Generator().manual_seed(seed)
-    inputs = random_inputs(bundle.model_cfg, batch, candidates, history, generator=g)
-    feeds = {n: inputs[n].numpy().astype(INPUT_DTYPES[n]) for n in input_names(bundle)}
+    cfg = bundle.model_cfg
+    inputs = random_inputs(
+        cfg, batch, candidates, history, generator=g, image_embeddings=bundle.image_embedding
+    )
+    names = dict.fromkeys(input_names(bundle) + input_names(bundle, precomputed=True))
+    feeds = {n: inputs[n].numpy().astype(INPUT_DTYPES[n]) for n in names}
     spec = noise_spec(bundle)
     if spec:
         feeds["posterior_noise"] = torch.randn(samples, spec["shape"][1], generator=g).numpy()
@@ -141,8 +170,10 @@ def export_graph(
     fp16: bool = False,
     opset: int = OPSET,
     fold_constants: bool = True,
+    precomputed: bool = False,
 ) -> Path:
-    """Write the ONNX graph of ``bundle`` (float32, or fp16 inside with float32 boundary) to ``path``.
+    """Write the ONNX graph of ``bundle`` (float32, or fp16 inside with float32 boundary) to ``path``;
+    ``precomputed``: the variant with the image tower's outputs for the catalogue stored in the graph.
 
     fold_constants False keeps every parameter and buffer as an initializer named ``model.<state_dict
     key>`` with its own shape (folding merges some into derived constants), so a serving session can take
@@ -150,14 +181,17 @@ def export_graph(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = bundle.build_model()
+    if precomputed:
+        precompute_image_towers(model.eval(), bundle.image_embedding)
     if fp16:
         model = model.half()
-    names = graph_input_names(bundle)
-    module = ExportModule.of(model, bundle).eval()
+    names = graph_input_names(bundle, precomputed)
+    module = ExportModule.of(model, bundle, precomputed).eval()
     example = sample_inputs(bundle, 3, 4, 5)
     outputs = list(output_specs(bundle))
     dynamic: dict[str, dict[int, str]] = {}
-    specs = input_specs(bundle) | ({"posterior_noise": noise_spec(bundle)} if noise_spec(bundle) else {})
+    specs = input_specs(bundle, precomputed)
+    specs |= {"posterior_noise": noise_spec(bundle)} if noise_spec(bundle) else {}
     for n, spec in specs.items():
         dynamic[n] = {i: s for i, s in enumerate(spec["shape"]) if isinstance(s, str)}
     for n, spec in output_specs(bundle).items():

@@ -47,6 +47,8 @@ def build_manifest(
         "model_name": model_name,
         "opset": OPSET,
         "inputs": input_specs(bundle),
+        # model_precomputed.onnx (when exported): the image tower's outputs stored, image indices taken
+        "precomputed_inputs": input_specs(bundle, precomputed=True) if "model_precomputed" in files else None,
         "outputs": output_specs(bundle),
         # neural-linear: the graph's extra input of standard-normal noise, one row per posterior draw
         "posterior_noise": noise_spec(bundle),

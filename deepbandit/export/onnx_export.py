@@ -18,6 +18,7 @@ from deepbandit.data.schema import (
     EXPORT_IMAGES_FILE,
     EXPORT_MODEL_FILE,
     EXPORT_MODEL_FP16_FILE,
+    EXPORT_MODEL_PRECOMPUTED_FILE,
     MANIFEST_FILE,
 )
 from deepbandit.errors import ConfigError
@@ -83,8 +84,10 @@ def export_bundle(
     parity_candidates: tuple[int, ...] = (1, 25, 64),
     max_history: int | None = None,
     fold_constants: bool = True,
+    precomputed: bool = True,
 ) -> ExportResult:
-    """Export ``bundle`` to ``out_dir``: model.onnx (+ model_fp16.onnx), images.npy, manifest.json,
+    """Export ``bundle`` to ``out_dir``: model.onnx (+ model_fp16.onnx), model_precomputed.onnx (the image
+    tower's outputs for the catalogue stored in the graph; ``precomputed``), images.npy, manifest.json,
     optionally the Triton repository ``triton/<model_name>/``. Runs the parity check first and refuses
     to write a manifest for a graph that disagrees with torch (``parity.check_parity`` raises).
 
@@ -114,6 +117,11 @@ def export_bundle(
     parity = check_parity(
         model, bundle, files["model"], parity_batch_sizes, parity_candidates, atol=FP32_ATOL, label="fp32"
     )
+    if precomputed:
+        path = out / EXPORT_MODEL_PRECOMPUTED_FILE
+        files["model_precomputed"] = export_graph(bundle, path, precomputed=True)
+        parity += check_parity(model, bundle, path, parity_batch_sizes, parity_candidates, atol=FP32_ATOL,
+                               label="fp32 precomputed", precomputed=True)  # fmt: skip
     if fp16:
         files["model_fp16"] = export_graph(bundle, out / EXPORT_MODEL_FP16_FILE, fp16=True)
         parity += check_parity(
@@ -127,7 +135,7 @@ def export_bundle(
             same_choice=False,
         )
     manifest = build_manifest(bundle, files, policy, parity, max_history=max_history, model_name=model_name)
-    for key in ("model", "model_fp16"):
+    for key in ("model", "model_fp16", "model_precomputed"):
         if key in files:
             embed_metadata(files[key], {k: v for k, v in manifest.items() if k != "files"})
     manifest["files"] = {k: {"path": p.name, "sha256": file_sha256(p)} for k, p in files.items()}

@@ -579,6 +579,7 @@ class DeepAgent:
             parity_candidates=(5,),
             max_history=self.featurizer.max_history,
             fold_constants=False,
+            precomputed=False,  # refresh() replaces the embedding graph's weights; a stored tower would go stale
         )
         self.service = ArtworkService.from_dir(out, providers=["CPUExecutionProvider"])
         self.graph = onnx.load(result.files["model"])

@@ -100,6 +100,9 @@ class ArtworkScorer(nn.Module):
         # score only real candidates in eager torch (see the module docstring); False: the padded path
         # everywhere (the reference the packed path is tested and benchmarked against)
         self.pack_candidates = True
+        # (L, n_rows, d) the image tower's output per catalogue row, set by ``precompute_image_towers``
+        # (the export's precomputed graph); None: the tower runs on candidate_embeddings
+        self.register_buffer("image_vectors", None, persistent=False)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, uncertainty, title_genres: Tensor) -> ArtworkScorer:
@@ -132,16 +135,28 @@ class ArtworkScorer(nn.Module):
             raise ValueError("dropout sampling (n_samples > 1) needs a single-member scorer")
         member = self.member_tower(x, active, n_samples)
         pairs = self._real_pairs(x.candidate_mask)
-        if pairs is None:
+        b, a = x.candidate_mask.shape
+        if self.image_vectors is not None:
+            if x.candidate_image_idx is None:
+                raise ValueError("candidate_image_idx (B, A) is required once the image tower is precomputed")
+            idx = x.candidate_image_idx.reshape(b * a)
+            if pairs is not None:
+                idx = idx.index_select(0, pairs)
+            images = self.image_vectors.index_select(1, idx)  # (L, B * A or N, d)
+            if pairs is None:
+                return self.head(member, images.view(images.shape[0], b, a, -1), active, n_samples)
+        elif pairs is None:
             images = self.image_tower(x.candidate_embeddings, x.candidate_image_idx, active, n_samples)
             return self.head(member, images, active, n_samples)
-        b, a = x.candidate_mask.shape
-        embeddings = x.candidate_embeddings.reshape(b * a, -1).index_select(0, pairs)  # (N, D)
-        image_idx = x.candidate_image_idx
-        if image_idx is not None:
-            image_idx = image_idx.reshape(1, b * a).index_select(1, pairs)  # (1, N)
-        # the image tower reads (B, A, D); the N pairs enter as one request of N candidates
-        images = self.image_tower(embeddings.unsqueeze(0), image_idx, active, n_samples)[:, 0]  # (L, N, d)
+        else:
+            embeddings = x.candidate_embeddings.reshape(b * a, -1).index_select(0, pairs)  # (N, D)
+            image_idx = x.candidate_image_idx
+            if image_idx is not None:
+                image_idx = image_idx.reshape(1, b * a).index_select(1, pairs)  # (1, N)
+            # the image tower reads (B, A, D); the N pairs enter as one request of N candidates
+            images = self.image_tower(embeddings.unsqueeze(0), image_idx, active, n_samples)[
+                :, 0
+            ]  # (L, N, d)
         logits, features = self.head.packed(member, images, torch.div(pairs, a, rounding_mode="floor"),
                                             active, n_samples)  # fmt: skip
         out = logits.new_full((logits.shape[0], b * a), PAD_LOGIT).index_copy(1, pairs, logits)
@@ -190,3 +205,18 @@ class ArtworkScorer(nn.Module):
     ) -> Tensor:
         """(B, S, A) copies of the point logits (S = n_samples or 1): the no-uncertainty posterior."""
         return self.forward(inputs).unsqueeze(1).expand(-1, n_samples or 1, -1)
+
+
+@torch.no_grad()
+def precompute_image_towers(model: nn.Module, image_embeddings: Tensor) -> None:
+    """Store, in every ``ArtworkScorer`` inside ``model`` (an ensemble's prior included), its image tower's
+    output for each row of the catalogue table ``image_embeddings`` (n_images + 2, D), with the hashed id
+    embedding of that row's image: the scorer then gathers it by ``candidate_image_idx`` and never runs
+    the tower. The image tower depends on the image alone, so this equals the embedding path on catalogue
+    images, in eval mode (no dropout): the export's precomputed graph."""
+    for part in model.modules():
+        if isinstance(part, ArtworkScorer):
+            part.image_vectors = None
+            table = image_embeddings.to(next(part.parameters()).device, next(part.parameters()).dtype)
+            idx = torch.arange(len(table), device=table.device).unsqueeze(0)  # row r is vocabulary index r
+            part.image_vectors = part.image_tower(table.unsqueeze(0), idx)[:, 0]  # (L, n_rows, d)

@@ -163,11 +163,16 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
         table = pa.Table.from_batches([table])
     b = table.num_rows
     errors: dict[int, str] = {}
-    missing = [n for n in REQUIRED_FIELDS if n not in table.column_names]
-    if member_features_dim and "member_features" not in table.column_names:
+    names = set(table.column_names)  # the property builds a new list on every read
+    missing = [n for n in REQUIRED_FIELDS if n not in names]
+    if member_features_dim and "member_features" not in names:
         missing.append("member_features")
     if missing:
         raise KeyError(f"request table lacks columns {missing}; it has {table.column_names}")
+
+    def as_numpy(col: pa.Array, dtype: pa.DataType) -> np.ndarray:
+        # a cast to the type a column already has still costs a compute call: about 10 us per column
+        return (col if col.type == dtype else col.cast(dtype)).to_numpy(zero_copy_only=False)
 
     def column(name: str, optional: bool = False) -> pa.Array:
         col = table.column(name)
@@ -198,7 +203,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
             for row in np.flatnonzero(big.to_numpy(zero_copy_only=False)).tolist():
                 errors.setdefault(row, f"{name} {col[row].as_py()} does not fit int64")
             col = pc.if_else(big, pa.scalar(0, pa.uint64()), col)
-        return filled(col, 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return as_numpy(filled(col, 0), pa.int64())
 
     def ints(name: str) -> np.ndarray:
         return exact_int64(name, column(name))
@@ -223,13 +228,13 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
             for row in np.flatnonzero(_row_of_nulls(pc.if_else(big, None, values), offsets)).tolist():
                 errors.setdefault(row, f"{name} holds an id that does not fit int64")
             values = pc.if_else(big, pa.scalar(0, pa.uint64()), values)
-        return filled(values, 0).cast(pa.int64()).to_numpy(zero_copy_only=False), offsets
+        return as_numpy(filled(values, 0), pa.int64()), offsets
 
     def score(name: str) -> np.ndarray:
         col = column(name)
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
             refuse(name, col, "numbers (float or integer)")
-        x = filled(col, 0).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        x = as_numpy(filled(col, 0), pa.float64())
         for row in np.flatnonzero(np.isfinite(x) & (np.abs(x) > _FLOAT32_MAX)).tolist():
             errors.setdefault(
                 row, f"{name} {x[row]!r} is outside float32's range (|x| <= {_FLOAT32_MAX:.4g})"
@@ -239,7 +244,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
     def flag(name: str) -> np.ndarray:
         col = column(name)
         if pa.types.is_boolean(col.type):
-            return filled(col, False).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            return as_numpy(filled(col, False), pa.float64())
         if pa.types.is_integer(col.type):
             return exact_int64(name, col).astype(np.float64)  # 0/1 checked by validate
         refuse(name, col, "booleans")
@@ -248,12 +253,12 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
         col = column(name, optional)
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             refuse(name, col, "strings (string, large_string or a dictionary of strings)")
-        return np.asarray(filled(col, "").cast(pa.string()).to_numpy(zero_copy_only=False), np.str_)
+        return np.asarray(as_numpy(filled(col, ""), pa.string()), np.str_)
 
     cand, cand_off = flat("candidate_image_ids")
     played, played_off = flat("played_title_ids")
     timestamp = None
-    if "timestamp" in table.column_names:
+    if "timestamp" in names:
         ts = column("timestamp", optional=True)
         if pa.types.is_timestamp(ts.type):
             if ts.type.tz is None:
@@ -282,7 +287,7 @@ def from_arrow(table: Any, member_features_dim: int = 0) -> RequestBatch:
         if not bad.any():
             features[:] = vals.reshape(b, member_features_dim)
     rid = None
-    if "request_id" in table.column_names:
+    if "request_id" in names:
         rid_col = column("request_id", optional=True)
         rid = text("request_id", optional=True)  # null: none given ("" below, a fresh id when logged)
         for row in np.flatnonzero((rid == "") & rid_col.is_valid().to_numpy(zero_copy_only=False)).tolist():
@@ -441,10 +446,11 @@ def _timestamp_us(v: Any) -> int:
 @dataclass
 class GraphInputs:
     """Inputs for the good rows of a batch (``rows`` (G,) positions in the batch) and their candidate
-    mask (G, A)."""
+    mask (G, A); ``precomputed``: the feeds are the precomputed graph's (image indices, no embeddings)."""
 
     rows: np.ndarray
     feeds: dict[str, np.ndarray]
+    precomputed: bool = False
 
 
 def build_inputs(
@@ -454,10 +460,18 @@ def build_inputs(
     embeddings: np.ndarray,
     input_names: list[str],
     max_history: int,
+    *,
+    precomputed_names: list[str] | None = None,
+    catalogue_rows: int = 0,
 ) -> GraphInputs:
     """Graph inputs for the rows of ``batch`` without errors; requests whose candidates lack an
     embedding become errors. Shapes: see ``deepbandit.export.onnx_export`` (A = widest good row,
-    H = min(max_history, longest good history), both >= 1)."""
+    H = min(max_history, longest good history), both >= 1).
+
+    With ``precomputed_names`` (the precomputed graph's inputs) and every good row's candidates among the
+    first ``catalogue_rows`` rows of the table (the export's catalogue, whose tower outputs that graph
+    stores), the feeds are that graph's: image indices, no embedding gather. A batch holding an image
+    added after export gets ``input_names``' feeds (the embedding graph)."""
     n_cand = batch.n_candidates
     cand_row = np.repeat(np.arange(len(batch)), n_cand)
     emb_row, vocab_idx = image_rows.lookup(batch.candidate_ids)
@@ -481,15 +495,18 @@ def build_inputs(
     lengths = n_cand[rows]
     a = max(int(lengths.max()) if g else 1, 1)
     mask = np.arange(a) < lengths[:, None]
-    cand_emb_rows = np.zeros((g, a), np.int64)
-    cand_emb_rows[mask] = emb_row[keep_c]
-    feeds: dict[str, np.ndarray] = {
-        "candidate_embeddings": embeddings[cand_emb_rows],  # row 0 of the table is padding (zeros)
-        "candidate_mask": mask,
-    }
+    good_rows = emb_row[keep_c]
+    precomputed = precomputed_names is not None and not (good_rows >= catalogue_rows).any()
+    if precomputed:
+        input_names = precomputed_names
+    feeds: dict[str, np.ndarray] = {"candidate_mask": mask}
+    if "candidate_embeddings" in input_names:
+        cand_emb_rows = np.zeros((g, a), np.int64)
+        cand_emb_rows[mask] = good_rows
+        feeds["candidate_embeddings"] = embeddings[cand_emb_rows]  # row 0 of the table is padding (zeros)
     if "candidate_image_idx" in input_names:
         idx = np.zeros((g, a), np.int64)
-        idx[mask] = vocab_idx[keep_c]
+        idx[mask] = vocab_idx[keep_c]  # a catalogue image's index is its row of the table
         feeds["candidate_image_idx"] = idx
     # history: most recent first, first max_history kept
     n_played = np.diff(batch.played_offsets)
@@ -517,7 +534,7 @@ def build_inputs(
         feeds["member_features"] = batch.member_features[rows]
     if "member_id" in input_names:
         feeds["member_id"] = batch.member_id[rows].astype(np.int64)
-    return GraphInputs(rows, {n: feeds[n] for n in input_names})
+    return GraphInputs(rows, {n: feeds[n] for n in input_names}, precomputed)
 
 
 class ImageIndex:
@@ -554,14 +571,17 @@ class ImageIndex:
         return rows, vocab_idx
 
 
-def check_graph_inputs(feeds: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Check inputs meant for the exported ONNX graph against its manifest; raise ValueError naming the
-    input, row and value. For clients that feed the graph themselves (a Triton client, a custom
-    service): the graph does no checking of its own, so an index of -1 would silently read the last
-    embedding row, hour 1000 or a NaN embedding would give a score, and an empty history axis would fail
-    inside onnxruntime. ``ArtworkService`` builds its inputs from validated requests and needs no check.
+def check_graph_inputs(feeds: dict[str, Any], manifest: dict[str, Any], precomputed: bool = False) -> None:
+    """Check inputs meant for the exported ONNX graph (``precomputed``: model_precomputed.onnx) against its
+    manifest; raise ValueError naming the input, row and value. For clients that feed the graph themselves
+    (a Triton client, a custom service): the graph does no checking of its own, so an index of -1 would
+    silently read the last embedding row, hour 1000 or a NaN embedding would give a score, and an empty
+    history axis would fail inside onnxruntime. ``ArtworkService`` builds its inputs from validated
+    requests and needs no check.
     """
-    required = list(manifest["inputs"])
+    if precomputed and not manifest.get("precomputed_inputs"):
+        raise ValueError("this export has no precomputed graph (model_precomputed.onnx)")
+    required = list(manifest["precomputed_inputs"] if precomputed else manifest["inputs"])
     noise_spec = manifest.get("posterior_noise")
     rest = {k: v for k, v in feeds.items() if k != "posterior_noise"}
     check_input_values(

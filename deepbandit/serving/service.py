@@ -72,10 +72,20 @@ class ArtworkService:
     """
 
     def __init__(
-        self, manifest: dict[str, Any], session: OnnxSession, embeddings: np.ndarray, policy: Policy
+        self,
+        manifest: dict[str, Any],
+        session: OnnxSession,
+        embeddings: np.ndarray,
+        policy: Policy,
+        precomputed_session: OnnxSession | None = None,
     ):
         self.manifest = manifest
         self.session = session
+        # model_precomputed.onnx: the image tower's outputs for the export's catalogue stored in the graph;
+        # batches of catalogue images only go to it (the same scores, less work per candidate)
+        self.precomputed_session = precomputed_session
+        self.precomputed_names = list(manifest["precomputed_inputs"]) if precomputed_session else None
+        self.catalogue_rows = len(embeddings)
         self.policy = policy
         self.vocabs = {n: Vocab.from_dict(v) for n, v in manifest["vocabularies"].items()}
         self.images = ImageIndex(self.vocabs["image"])
@@ -108,9 +118,11 @@ class ArtworkService:
         policy: Policy | dict[str, Any] | None = None,
         fp16: bool = False,
         intra_op_threads: int = 0,
+        precomputed: bool = True,
     ) -> ArtworkService:
         """Load manifest.json, images.npy and model.onnx (model_fp16.onnx with ``fp16``) from
-        ``export_dir``. policy: a Policy, a {"name", **fields} dict, or None for the manifest's."""
+        ``export_dir``, and model_precomputed.onnx where the export has it (fp32, ``precomputed``).
+        policy: a Policy, a {"name", **fields} dict, or None for the manifest's."""
         root = Path(export_dir)
         path = root / MANIFEST_FILE
         if not path.is_file():
@@ -121,10 +133,15 @@ class ArtworkService:
             raise FileNotFoundError(f"{path}: the export has no {key} file (export with fp16=true)")
         session = OnnxSession(_verified_bytes(root, manifest, key), providers, intra_op_threads)
         embeddings = np.load(io.BytesIO(_verified_bytes(root, manifest, "images")), allow_pickle=False)
+        tower = None
+        if precomputed and not fp16 and "model_precomputed" in manifest["files"]:
+            tower = OnnxSession(
+                _verified_bytes(root, manifest, "model_precomputed"), providers, intra_op_threads
+            )
         if not isinstance(policy, Policy):
             spec = dict(policy if policy is not None else manifest["policy"])
             policy = make_policy(spec.pop("name"), **spec)
-        return cls(manifest, session, embeddings, policy)
+        return cls(manifest, session, embeddings, policy, tower)
 
     def add_images(self, ids: Any, embeddings: Any) -> None:
         """Make images scoreable that were not in the export: ids (N,) int64, embeddings (N, D) float32.
@@ -174,8 +191,9 @@ class ArtworkService:
         now_us = time.time_ns() // 1000
         timestamp = batch.timestamp_us if batch.timestamp_us is not None else np.full(len(batch), now_us)
         graph = build_inputs(
-            batch, self.vocabs, self.images, self.embeddings, self.input_names, self.max_history
-        )
+            batch, self.vocabs, self.images, self.embeddings, self.input_names, self.max_history,
+            precomputed_names=self.precomputed_names, catalogue_rows=self.catalogue_rows,
+        )  # fmt: skip
         b, rows = len(batch), graph.rows
         a = graph.feeds["candidate_mask"].shape[1]
         action = np.full(b, -1, np.int64)
@@ -192,7 +210,8 @@ class ArtworkService:
             if self.noise:
                 width = self.noise["shape"][1]
                 feeds = {**feeds, "posterior_noise": rng.standard_normal((self.n_draws, width), np.float32)}
-            out = self.session.run(feeds, self.outputs)
+            session = self.precomputed_session if graph.precomputed else self.session
+            out = session.run(feeds, self.outputs)
             mask = graph.feeds["candidate_mask"]
             x = out["winners"] if "winners" in out else out["scores"]
             if self.policy.sticky:

@@ -256,3 +256,45 @@ def test_serving_policy_from_the_training_run(kind, trained, expected, make_bund
         assert serving_policy(bundle) == expected
     with pytest.raises(ValueError, match="temperature"):
         serving_policy(bundle, {"name": "softmax", "temperature": -1.0})
+
+
+def _randomise_id_embeddings(model) -> None:
+    """Hashed image-id (and member-id) embeddings start at zero; give them values, so the precomputed table
+    must carry them."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("ids.weight"):
+                p.normal_()
+
+
+@pytest.mark.parametrize(
+    "kind,model_kw",
+    [
+        ("none", {}),
+        ("none", {"image_id_hash_buckets": 0, "member_features_dim": 2}),
+        ("ensemble", {}),  # with its randomised prior, whose image tower is precomputed too
+        ("neural_linear", {}),
+        ("mc_dropout", {"dropout": 0.2}),
+    ],
+)
+def test_precomputed_image_tower_graph_equals_the_embedding_path(tmp_path, kind, model_kw, make_bundle):
+    """model_precomputed.onnx takes image indices and gathers the stored tower outputs: on catalogue images
+    it gives the embedding path's outputs (parity within 1e-5, same choices), for every uncertainty model."""
+    bundle = make_bundle(kind, prepare=_randomise_id_embeddings, **model_kw)
+    result = export_bundle(bundle, tmp_path, parity_batch_sizes=(1,), parity_candidates=(1,))
+    manifest = result.manifest
+    path = result.files["model_precomputed"]
+    assert manifest["files"]["model_precomputed"]["path"] == "model_precomputed.onnx"
+    inputs = [i.name for i in onnx.load(path).graph.input]
+    assert inputs == list(manifest["precomputed_inputs"]) + (
+        ["posterior_noise"] if kind == "neural_linear" else []
+    )
+    assert "candidate_embeddings" not in inputs and "candidate_image_idx" in inputs
+    assert any(r["label"] == "fp32 precomputed" for r in manifest["parity"])
+    records = check_parity(bundle.build_model(), bundle, path, (1, 7, 300), (1, 25), seed=5, precomputed=True)
+    assert all(r["max_abs_diff"] <= FP32_ATOL and r["same_choice"] for r in records)
+    other = make_bundle(kind, seed=1, prepare=_randomise_id_embeddings, **model_kw).build_model()
+    with pytest.raises(AssertionError, match="disagrees with torch"):
+        check_parity(other, bundle, path, (7,), (25,), precomputed=True)

@@ -286,3 +286,40 @@ def test_cuda_io_binding_matches_cpu(exported):
         gpu.decide(requests, rng=np.random.default_rng(0)),
     )
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["none", "ensemble"])
+def test_precomputed_graph_serves_catalogue_batches_with_the_same_decisions(exported, kind):
+    """Batches of catalogue images go to model_precomputed.onnx (the stored image tower) and decide as the
+    embedding graph does; a batch holding an image added after export goes to the embedding graph."""
+    from deepbandit.serving import check_graph_inputs
+    from deepbandit.serving.features import build_inputs
+
+    bundle, path = exported[kind]
+    fast = ArtworkService.from_dir(path, providers=CPU)
+    plain = ArtworkService.from_dir(path, providers=CPU, precomputed=False)
+    assert fast.precomputed_session is not None and plain.precomputed_session is None
+    requests = random_requests(40, seed=11)
+    batch = fast.parse(requests)
+    graph = build_inputs(batch, fast.vocabs, fast.images, fast.embeddings, fast.input_names, fast.max_history,
+                         precomputed_names=fast.precomputed_names, catalogue_rows=fast.catalogue_rows)  # fmt: skip
+    assert graph.precomputed and "candidate_embeddings" not in graph.feeds
+    check_graph_inputs(graph.feeds, fast.manifest, precomputed=True)
+    with pytest.raises(ValueError, match="candidate_embeddings"):
+        check_graph_inputs(graph.feeds, fast.manifest)
+    a, b = (s.decide(requests, rng=np.random.default_rng(0)) for s in (fast, plain))
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    np.testing.assert_array_equal(a.chosen_image_id, b.chosen_image_id)
+    np.testing.assert_allclose(a.propensity, b.propensity)
+    # an image added after export: that batch takes the embedding path, in both services alike
+    new = np.random.default_rng(1).normal(size=(1, D)).astype(np.float32)
+    for s in (fast, plain):
+        s.add_images([5000], new)
+    with_new = [dict(requests[0], candidate_image_ids=[5000, 1001])] + requests[1:]
+    graph = build_inputs(fast.parse(with_new), fast.vocabs, fast.images, fast.embeddings, fast.input_names,
+                         fast.max_history, precomputed_names=fast.precomputed_names,
+                         catalogue_rows=fast.catalogue_rows)  # fmt: skip
+    assert not graph.precomputed and "candidate_embeddings" in graph.feeds
+    a, b = (s.decide(with_new, rng=np.random.default_rng(0)) for s in (fast, plain))
+    np.testing.assert_allclose(a.scores, b.scores, atol=0)
+    np.testing.assert_array_equal(a.chosen_image_id, b.chosen_image_id)
