@@ -153,13 +153,15 @@ def phase_simulate(n: int, out: str) -> dict:
 
     config = SimulateConfig(n_impressions=n, out_dir=out, overwrite=True, progress=False)
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         summary = simulate(config)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     return {
         "rows": n,
         "seconds": seconds,
         "rows_per_s": n / seconds,
+        "cpu_seconds": cpu_seconds,  # every thread of the process (numpy, Arrow's writer pool)
+        "rows_per_cpu_s": n / cpu_seconds,
         "simulator_reported_rows_per_s": summary.get("rows_per_second"),
         "peak_rss_delta_mb": mem.delta_mb,
         "peak_rss_mb": mem.peak_mb,
@@ -201,7 +203,7 @@ def phase_read(root: str, mode: str) -> dict:
     stream = ImpressionStream(impressions, vocabs, batch_rows=BATCH_ROWS, max_history=MAX_HISTORY)
     rows = 0
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if mode == "decode":
             for batch in iter_record_batches(
                 stream.dataset, columns=stream.columns, batch_rows=BATCH_ROWS, categories_as_dictionary=True
@@ -214,11 +216,13 @@ def phase_read(root: str, mode: str) -> dict:
         else:
             for batch in stream:
                 rows += len(batch)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     out = {
         "rows": rows,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
+        "cpu_seconds": cpu_seconds,  # this process's threads (the workers2 case's workers are not in it)
+        "rows_per_cpu_s": rows / cpu_seconds,
         "peak_rss_delta_mb": mem.delta_mb,
         "peak_rss_mb": mem.peak_mb,  # whole process: interpreter, torch, vocabularies and the stream
         "vocab_build_s": vocab_s,
@@ -369,6 +373,22 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
             result["runs"].append(run)
     result["load_average_end"] = os.getloadavg()
+    # read_over_decode: Parquet -> tensors against the Arrow decode of the same columns, per CPU-second
+    result["ratios"] = {
+        f"{run['n_impressions']} {source}": {
+            "read_over_decode": run[source]["tensors"]["rows_per_cpu_s"]
+            / run[source]["decode"]["rows_per_cpu_s"],
+            "read_over_decode_tuned": run[source]["tensors_tuned"]["rows_per_cpu_s"]
+            / run[source]["decode"]["rows_per_cpu_s"],
+        }
+        for run in result["runs"]
+        for source in sources
+    }
+    for run in result["runs"]:
+        if "simulate" in run:
+            result["ratios"][f"{run['n_impressions']} simulated"]["simulator_rows_per_cpu_s"] = run[
+                "simulate"
+            ]["rows_per_cpu_s"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
