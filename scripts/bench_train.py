@@ -43,6 +43,7 @@ import yaml
 from machine import machine
 from torch.utils.data import DataLoader, Dataset
 
+from deepbandit.data.tensors import tune_allocator
 from deepbandit.models.scorer import ArtworkScorer
 from deepbandit.models.uncertainty import UncertaintyConfig
 from deepbandit.sim.simulator import SimulateConfig, simulate
@@ -176,6 +177,8 @@ def run_case(
     cfg.trainer.precision = precision
     cfg.trainer.batch_size = batch
     cfg.uncertainty = MODELS[model]
+    if cfg.trainer.tune_allocator:  # as `deepbandit train` does
+        tune_allocator()
     dm = BanditDataModule(cfg.data, batch)
     dm.prepare()
     host = dm.batch_of(dm.train_table)

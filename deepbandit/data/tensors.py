@@ -428,9 +428,10 @@ def tune_allocator(threshold_bytes: int = 1 << 28) -> bool:
     large one with new pages from the OS, and the page faults on first touch took ~40% of the conversion
     time on a 2-core VM (1.05 -> 1.7M rows/s in scripts/bench_data.py's setting). With this, arrays up to
     ``threshold_bytes`` come from the heap and freed memory stays there for the next batch; resident memory
-    then stays at its peak, which is still bounded by the batch size. Process-wide, hence opt-in: call it
-    once in the training process and in loader workers (``worker_init_fn``). Returns False (and does
-    nothing) where the C library is not glibc.
+    then stays at its peak, which is still bounded by the batch size. Process-wide, hence opt-in: ``deepbandit
+    train`` calls it (``trainer.tune_allocator``, on by default: training steps allocate the same large
+    activations every step, 21k -> 25k impressions per CPU-second in scripts/bench_train.py), and
+    streaming loader workers do. Returns False (and does nothing) where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

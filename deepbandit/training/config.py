@@ -118,6 +118,7 @@ class TrainerConfig(OptimConfig):
     log_every_n_steps: int = 50  # training steps between logged training metrics
     finite_check_every_n_steps: int = 1  # how often the host reads the non-finite-loss flag (FiniteLossCheck)
     deterministic: bool = False  # use only deterministic torch algorithms (slower; Lightning's flag)
+    tune_allocator: bool = True  # glibc malloc reuses freed memory (CPU steps ~20% faster; RSS stays at peak)
     val_interval: str = "normal"  # interval on the validation estimates: normal | bootstrap | none
 
 

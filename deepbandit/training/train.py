@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deepbandit.data.schema import WORLD_FILE
-from deepbandit.data.tensors import ImpressionBatch
+from deepbandit.data.tensors import ImpressionBatch, tune_allocator
 from deepbandit.data.validation import gate_dataset
 from deepbandit.errors import ConfigError, DataError
 from deepbandit.evaluation.baselines import drop_open_rewards, fit_take_rates, logged_rows
@@ -278,6 +278,10 @@ def train(
     root = Path(cfg.data.path)
     started = time.perf_counter()
     gate_dataset(root, validate=cfg.data.validate)  # what `deepbandit validate` accepts, and only that
+    if cfg.trainer.tune_allocator:
+        # every step allocates and frees the same large activations; glibc would hand them back to the OS
+        # and fault fresh pages in on the next step (measured: 21k -> 25k impressions per CPU-second)
+        tune_allocator()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dm = BanditDataModule(cfg.data, cfg.trainer.batch_size, seed=cfg.trainer.seed)
     dm.prepare()
