@@ -36,6 +36,7 @@ class ExportConfig:
     policy: PolicyConfig | None = None
     fp16: bool = False  # also write model_fp16.onnx (fp16 inside, fp32 at the boundary)
     triton: bool = True  # also write <out_dir>/triton/<model_name>/
+    precomputed: bool = True  # also write model_precomputed.onnx (the image tower stored for the catalogue)
     model_name: str = "artwork_scorer"  # name of the Triton model (triton/<model_name>/) and in manifest.json
     max_batch_size: int = 16384  # Triton max_batch_size
     max_history: int | None = None  # None: bundle meta's max_history, else the contract's MAX_HISTORY
@@ -59,6 +60,7 @@ def run(cfg: DictConfig | ExportConfig) -> dict:
         policy=policy,
         fp16=cfg.fp16,
         triton=cfg.triton,
+        precomputed=cfg.precomputed,
         model_name=cfg.model_name,
         max_batch_size=cfg.max_batch_size,
         parity_batch_sizes=tuple(cfg.parity_batch_sizes),

@@ -298,3 +298,16 @@ def test_precomputed_image_tower_graph_equals_the_embedding_path(tmp_path, kind,
     other = make_bundle(kind, seed=1, prepare=_randomise_id_embeddings, **model_kw).build_model()
     with pytest.raises(AssertionError, match="disagrees with torch"):
         check_parity(other, bundle, path, (7,), (25,), precomputed=True)
+
+
+def test_export_without_the_precomputed_graph(tmp_path, make_bundle):
+    from deepbandit.serving import ArtworkService
+
+    result = export_bundle(
+        make_bundle(), tmp_path, precomputed=False, parity_batch_sizes=(1,), parity_candidates=(1,)
+    )
+    assert (
+        "model_precomputed" not in result.manifest["files"] and result.manifest["precomputed_inputs"] is None
+    )
+    assert not (tmp_path / "model_precomputed.onnx").exists()
+    assert ArtworkService.from_dir(tmp_path, providers=["CPUExecutionProvider"]).precomputed_session is None
