@@ -136,27 +136,9 @@ class ArtworkScorer(nn.Module):
         member = self.member_tower(x, active, n_samples)
         pairs = self._real_pairs(x.candidate_mask)
         b, a = x.candidate_mask.shape
-        if self.image_vectors is not None:
-            if x.candidate_image_idx is None:
-                raise ValueError("candidate_image_idx (B, A) is required once the image tower is precomputed")
-            idx = x.candidate_image_idx.reshape(b * a)
-            if pairs is not None:
-                idx = idx.index_select(0, pairs)
-            images = self.image_vectors.index_select(1, idx)  # (L, B * A or N, d)
-            if pairs is None:
-                return self.head(member, images.view(images.shape[0], b, a, -1), active, n_samples)
-        elif pairs is None:
-            images = self.image_tower(x.candidate_embeddings, x.candidate_image_idx, active, n_samples)
+        images = self._images(x, pairs, active, n_samples)  # (L, B, A, d), or (L, N, d) when packed
+        if pairs is None:
             return self.head(member, images, active, n_samples)
-        else:
-            embeddings = x.candidate_embeddings.reshape(b * a, -1).index_select(0, pairs)  # (N, D)
-            image_idx = x.candidate_image_idx
-            if image_idx is not None:
-                image_idx = image_idx.reshape(1, b * a).index_select(1, pairs)  # (1, N)
-            # the image tower reads (B, A, D); the N pairs enter as one request of N candidates
-            images = self.image_tower(embeddings.unsqueeze(0), image_idx, active, n_samples)[
-                :, 0
-            ]  # (L, N, d)
         logits, features = self.head.packed(member, images, torch.div(pairs, a, rounding_mode="floor"),
                                             active, n_samples)  # fmt: skip
         out = logits.new_full((logits.shape[0], b * a), PAD_LOGIT).index_copy(1, pairs, logits)
@@ -165,6 +147,25 @@ class ArtworkScorer(nn.Module):
         h = features.shape[-1]
         full = features.new_zeros(features.shape[0], b * a, h).index_copy(1, pairs, features)
         return out.view(-1, b, a), full.view(-1, b, a, h)
+
+    def _images(self, x: ModelInputs, pairs: Tensor | None, active: bool, n_samples: int) -> Tensor:
+        """The candidates' image representations: (L, B, A, d), or (L, N, d) for the real ``pairs`` only;
+        gathered from the stored table once ``precompute_image_towers`` ran, else the tower's output."""
+        b, a = x.candidate_mask.shape
+        idx = x.candidate_image_idx
+        if self.image_vectors is not None:
+            if idx is None:
+                raise ValueError("candidate_image_idx (B, A) is required once the image tower is precomputed")
+            flat = idx.reshape(b * a) if pairs is None else idx.reshape(b * a).index_select(0, pairs)
+            images = self.image_vectors.index_select(1, flat)  # (L, B * A or N, d)
+            return images if pairs is not None else images.view(images.shape[0], b, a, -1)
+        if pairs is None:
+            return self.image_tower(x.candidate_embeddings, idx, active, n_samples)
+        embeddings = x.candidate_embeddings.reshape(b * a, -1).index_select(0, pairs)  # (N, D)
+        if idx is not None:
+            idx = idx.reshape(1, b * a).index_select(1, pairs)  # (1, N)
+        # the image tower reads (B, A, D): the N pairs enter as one request of N candidates
+        return self.image_tower(embeddings.unsqueeze(0), idx, active, n_samples)[:, 0]
 
     def _real_pairs(self, candidate_mask: Tensor) -> Tensor | None:
         """Flat indices (N,) of the real (request, candidate) pairs in (B * A), or None for the padded path:
@@ -216,7 +217,6 @@ def precompute_image_towers(model: nn.Module, image_embeddings: Tensor) -> None:
     images, in eval mode (no dropout): the export's precomputed graph."""
     for part in model.modules():
         if isinstance(part, ArtworkScorer):
-            part.image_vectors = None
             table = image_embeddings.to(next(part.parameters()).device, next(part.parameters()).dtype)
             idx = torch.arange(len(table), device=table.device).unsqueeze(0)  # row r is vocabulary index r
             part.image_vectors = part.image_tower(table.unsqueeze(0), idx)[:, 0]  # (L, n_rows, d)

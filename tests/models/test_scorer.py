@@ -385,3 +385,24 @@ def test_member_id_embedding_learns_what_the_context_cannot_say():
             assert torch.equal(pick, member)
         else:
             assert (pick == pick[0]).all()  # one choice for both members
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_precomputed_image_tower_equals_the_embedding_path(packed):
+    """``precompute_image_towers`` stores each catalogue row's tower output (with its hashed id embedding):
+    gathering it gives the embedding path's logits, packed or padded."""
+    from deepbandit.models.scorer import precompute_image_towers
+
+    model = _model()
+    with torch.no_grad():
+        model.image_tower.ids.weight.normal_()  # starts at zero; make the stored table carry it
+    table = torch.randn(CFG.n_images + 2, CFG.embedding_dim)
+    table[0] = 0
+    x = random_inputs(CFG, 16, 6, 4, torch.Generator().manual_seed(2), image_embeddings=table)
+    _set_packing(model, packed)
+    want = model(x)
+    precompute_image_towers(model, table)
+    assert model.image_vectors.shape == (1, CFG.n_images + 2, CFG.tower_dim)
+    torch.testing.assert_close(model(x.replace(candidate_embeddings=None)), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="candidate_image_idx"):
+        model(x.replace(candidate_embeddings=None, candidate_image_idx=None))
