@@ -29,7 +29,9 @@ from deepbandit.cli._hydra import (
 from deepbandit.cli._hydra import (
     console as cli_console,
 )
+from deepbandit.cli.targets import target_from_path
 from deepbandit.errors import ConfigError
+from deepbandit.evaluation.diagnostics import DiagnosticThresholds
 from deepbandit.evaluation.estimators import INTERVAL_METHODS
 from deepbandit.evaluation.evaluate import (
     ESTIMATOR_PARAMS,
@@ -37,6 +39,7 @@ from deepbandit.evaluation.evaluate import (
     evaluate_rows,
     make_estimators,
     read_dataset,
+    reward_name_of,
 )
 from deepbandit.evaluation.plots import write_plots
 from deepbandit.evaluation.report import summary_rows, write_report
@@ -50,14 +53,25 @@ class EvaluateConfig:
     model_policy: str = "greedy"
     estimators: list[str] = field(default_factory=lambda: ["ips", "snips", "dm", "dr", "sndr"])
     # parameters of the estimators that take one, e.g. estimator_params.switch_dr.tau=5
-    estimator_params: dict[str, dict[str, float]] = field(
+    estimator_params: dict[str, dict[str, float | None]] = field(
         default_factory=lambda: copy.deepcopy(ESTIMATOR_PARAMS)
     )
+    # other target policies, name: path (a bundle .pt, an export folder or a Parquet of action_dist)
+    targets: dict[str, str] = field(default_factory=dict)
+    # every policy that wrote the logs, name: path or uniform (names as in the logs' logging_policy column)
+    logging_policies: dict[str, str] = field(default_factory=dict)
+    mips_groups: int = 8  # mips, snmips: k-means clusters of the image embeddings that group candidates
+    reward_model: str = "auto"
+    reward_model_folds: int = 5  # cross-fitting folds when every row is evaluated (train_fraction=0)
     interval: str = "bootstrap"
     alpha: float = 0.05
     n_bootstrap: int = 200  # resamples of interval=bootstrap (>= 2), shared by all estimators
     seed: int = 0  # seeds the bootstrap resamples and the model's posterior draws
-    train_fraction: float = 0.5
+    train_fraction: float = 0.0
+    window_start: str | None = None  # evaluate rows at or after this time (ISO 8601, UTC)
+    window_end: str | None = None  # and before this time
+    reward_name: str | None = None  # what a reward of 1 is, for the report; null: from the dataset
+    diagnostics: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
     segments: list[str] = field(default_factory=lambda: ["prior_interaction", "device", "country"])
     # estimator of the per-segment values, normal intervals: ips | snips | dm | dr | sndr | switch_dr
     segment_estimator: str = "snips"
@@ -77,14 +91,24 @@ def run(cfg: DictConfig) -> dict:
     given = {
         f.name: getattr(cfg, f.name) for f in dataclasses.fields(EvaluationSettings) if hasattr(cfg, f.name)
     }
+    given["reward_name"] = cfg.reward_name or reward_name_of(cfg.dataset)
     settings = EvaluationSettings(
         **{k: tuple(v) if isinstance(v, list | ListConfig) else v for k, v in given.items()}
-        | {"estimator_params": {k: dict(v) for k, v in cfg.estimator_params.items()}}
+        | {
+            "estimator_params": {k: dict(v) for k, v in cfg.estimator_params.items()},
+            "diagnostics": DiagnosticThresholds(**OmegaConf.to_container(cfg.diagnostics)),
+        }
     )
     # unknown names first: the plot's choice is checked against them
-    make_estimators(cfg.estimators, settings.estimator_params)
+    chosen = make_estimators(cfg.estimators, settings.estimator_params)
     if cfg.interval not in INTERVAL_METHODS:
         raise ConfigError(f"interval must be one of {', '.join(INTERVAL_METHODS)}; got {cfg.interval!r}")
+    ratios = [e.label for e in chosen if not e.is_mean]
+    if cfg.interval == "bernstein" and ratios:
+        raise ConfigError(
+            f"interval=bernstein bounds means of per-row terms; {', '.join(ratios)} are ratios: drop them from "
+            "estimators or use interval=bootstrap"
+        )
     if not 0 < cfg.alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1) (1 - the intervals' coverage); got {cfg.alpha}")
     if cfg.model_policy not in ("greedy", "thompson"):
@@ -101,6 +125,8 @@ def run(cfg: DictConfig) -> dict:
         scorer = BundleScorer.from_path(
             cfg.bundle, images, posterior=cfg.model_policy == "thompson", seed=cfg.seed
         )
+    targets = {name: target_from_path(path, images, cfg.seed) for name, path in cfg.targets.items()}
+    loggers = {name: target_from_path(path, images, cfg.seed) for name, path in cfg.logging_policies.items()}
     result = evaluate_rows(
         table,
         titles,
@@ -108,10 +134,14 @@ def run(cfg: DictConfig) -> dict:
         train_fraction=cfg.train_fraction,
         scorer=scorer,
         model_policy=cfg.model_policy,
+        targets=targets,
+        logging_policies=loggers,
+        images=images,
         world=world,
         source=str(Path(cfg.dataset) / "impressions"),
     )
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
+    result["model"] = {"bundle": cfg.bundle, "policy": cfg.model_policy if cfg.bundle else None}
     out = Path(cfg.out_dir)
     plots = write_plots(result, out, cfg.plot_estimator) if cfg.plots else []
     js, md = write_report(result, out, plots, cfg.segment_estimator)
@@ -129,6 +159,9 @@ def print_summary(result: dict, console: Console | None = None) -> None:
     for row in summary_rows(result, interval_of=shown):
         table.add_row(*row)
     console.print(table)
+    console.print(result["notes"]["window"])
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     for path in result["files"]:
         console.print(f"wrote {path}")
 

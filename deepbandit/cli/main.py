@@ -40,6 +40,11 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, str]] = {
         "evaluate",
         "off-policy evaluation report of policies on logged data",
     ),
+    "gate": (
+        "deepbandit.cli.gate",
+        "gate",
+        "deployment gate: does a candidate policy beat the incumbent on the logs (exit 0 / 1)",
+    ),
     "loop": (
         "deepbandit.cli.loop",
         "loop",

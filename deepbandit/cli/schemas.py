@@ -20,6 +20,7 @@ SCHEMAS: dict[str, str] = {
     "validate": "deepbandit.cli.validate:ValidateConfig",
     "import_obd": "deepbandit.cli.import_obd:ImportObdConfig",
     "evaluate": "deepbandit.cli.evaluate:EvaluateConfig",
+    "gate": "deepbandit.cli.gate:GateConfig",
     "export": "deepbandit.cli.export:ExportConfig",
     "loop": "deepbandit.loop.loop:LoopConfig",
     "pipeline": "deepbandit.cli.pipeline:PipelineConfig",

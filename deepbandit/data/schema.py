@@ -67,6 +67,9 @@ OPTIONAL_IMPRESSION_FIELDS: list[pa.Field] = [
     pa.field("member_features", pa.list_(pa.float32()), nullable=True),
     # how the propensity was obtained: "exact" or e.g. "mc_estimate:64" (Monte Carlo with 64 samples)
     pa.field("propensity_kind", pa.string(), nullable=True),
+    # which logging policy wrote the row, when several did (e.g. one per week): balanced IPS/DR weigh by
+    # their mixture (deepbandit evaluate logging_policies=...)
+    pa.field("logging_policy", pa.string(), nullable=True),
 ]
 
 IMPRESSIONS_SCHEMA = pa.schema(

@@ -263,21 +263,15 @@ def on_policy_value(reward: np.ndarray, z: float = 1.959963984540054) -> dict:
     return {"value": mean, "se": se, "lower": mean - z * se, "upper": mean + z * se, "n_rows": n}
 
 
-def dominant_genre(
-    played: pa.ChunkedArray | pa.Array, titles: pa.Table
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Each member's profile: the genre most frequent among the titles in their played history.
-
-    Returns codes (n,) into the returned labels; the last label is "no history" (empty history or only
-    titles without genres). Ties go to the genre first in sorted order. Titles absent from ``titles`` count
-    for nothing."""
+def history_genre_counts(played: pa.ChunkedArray | pa.Array, titles: pa.Table) -> np.ndarray:
+    """(n, G) how many titles of each genre (sorted genre names of ``titles``) each played history holds;
+    titles absent from ``titles`` count for nothing. G is at least 1."""
     played = played.combine_chunks() if isinstance(played, pa.ChunkedArray) else played
     genres_col = titles.column("genres").combine_chunks()
     genre_names = tuple(sorted(set(pc.list_flatten(genres_col).to_pylist())))
     n, g = len(played), len(genre_names)
     title_ids = titles.column("title_id").to_numpy()
     order = np.argsort(title_ids)
-    # multi-hot (T, G) genre matrix of the titles table
     flat_genres = pc.list_flatten(genres_col)
     genre_code = np.searchsorted(
         np.array(genre_names, dtype=object), np.array(flat_genres.to_pylist(), dtype=object)
@@ -288,10 +282,25 @@ def dominant_genre(
     offsets = played.offsets.to_numpy()
     flat = pc.list_flatten(played).to_numpy()
     row = np.repeat(np.arange(n), np.diff(offsets))
-    pos = np.clip(np.searchsorted(title_ids[order], flat), 0, len(order) - 1)
-    known = title_ids[order][pos] == flat
+    pos = np.clip(np.searchsorted(title_ids[order], flat), 0, max(len(order) - 1, 0))
+    known = title_ids[order][pos] == flat if len(order) else np.zeros(len(flat), bool)
     counts = np.zeros((n, max(g, 1)))
     np.add.at(counts, row[known], multi[order[pos[known]]])
+    return counts
+
+
+def dominant_genre(
+    played: pa.ChunkedArray | pa.Array, titles: pa.Table
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each member's profile: the genre most frequent among the titles in their played history.
+
+    Returns codes (n,) into the returned labels; the last label is "no history" (empty history or only
+    titles without genres). Ties go to the genre first in sorted order. Titles absent from ``titles`` count
+    for nothing."""
+    genres_col = titles.column("genres").combine_chunks()
+    g = len(set(pc.list_flatten(genres_col).to_pylist()))
+    genre_names = tuple(sorted(set(pc.list_flatten(genres_col).to_pylist())))
+    counts = history_genre_counts(played, titles)
     code = counts.argmax(axis=1)
     code[counts.max(axis=1) == 0] = g
     return code, (*genre_names, "no history")

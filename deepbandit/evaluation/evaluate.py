@@ -8,9 +8,11 @@ there. ``deepbandit.cli.evaluate`` wraps it and writes the report (``report.py``
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,6 @@ from deepbandit.evaluation.baselines import (
     TakeRates,
     dominant_genre,
     drop_open_rewards,
-    empirical_reward_model,
     fit_take_rates,
     logged_rows,
     on_policy_value,
@@ -36,8 +37,33 @@ from deepbandit.evaluation.baselines import (
     unpersonalised_action_dist,
 )
 from deepbandit.evaluation.checks import EstimationError, SupportWarning
-from deepbandit.evaluation.estimators import DM, DR, IPS, SNDR, SNIPS, Replay, SwitchDR, estimate_all
+from deepbandit.evaluation.diagnostics import DiagnosticThresholds, weight_diagnostics
+from deepbandit.evaluation.estimators import (
+    DM,
+    DR,
+    IPS,
+    MIPS,
+    SNDR,
+    SNIPS,
+    SNMIPS,
+    BalancedDR,
+    BalancedIPS,
+    DRos,
+    Replay,
+    SwitchDR,
+    embedding_groups,
+    estimate_all,
+    mixture_pscore,
+)
+from deepbandit.evaluation.intervals import z_value
+from deepbandit.evaluation.reward_models import (
+    check_reward_model,
+    fit_out_of_sample,
+    image_codes,
+    out_of_sample_rewards,
+)
 from deepbandit.evaluation.segments import DEFAULT_SEGMENTS, lift, segment_codes
+from deepbandit.evaluation.targets import TargetPolicy
 from deepbandit.sim.world import World
 
 ESTIMATORS = {
@@ -48,6 +74,11 @@ ESTIMATORS = {
     "sndr": SNDR,
     "switch_dr": SwitchDR,
     "replay": Replay,
+    "dros": DRos,
+    "mips": MIPS,
+    "snmips": SNMIPS,
+    "balanced_ips": BalancedIPS,
+    "balanced_dr": BalancedDR,
 }
 
 
@@ -76,11 +107,18 @@ class EvaluationSettings:
     min_segment_rows: int = 100  # smaller segments are listed with their size but not estimated
     title_for_plot: int | None = None  # None: the evaluated title with most rows among those with >= 3 images
     estimator_params: dict = field(default_factory=dict)  # {estimator: {parameter: value}} (ESTIMATOR_PARAMS)
+    reward_model: str = "auto"  # auto | model | logistic | take_rates (reward_models.py)
+    reward_model_folds: int = 5  # cross-fitting folds when every row is evaluated (train_fraction 0)
+    diagnostics: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
+    window_start: str | None = None  # evaluate rows at or after this time (ISO 8601, UTC); None: all
+    window_end: str | None = None  # and before this one
+    reward_name: str = "reward"  # what the reward counts, for the report ("click", "quality play")
+    mips_groups: int = 8  # MIPS, SNMIPS: k-means clusters of the image embeddings that group candidates
     extra: dict = field(default_factory=dict)
 
 
 # Parameters of the estimators that take one (EvaluationSettings.estimator_params overrides these).
-ESTIMATOR_PARAMS: dict[str, dict[str, float]] = {"switch_dr": {"tau": 10.0}}
+ESTIMATOR_PARAMS: dict[str, dict[str, float | None]] = {"switch_dr": {"tau": 10.0}, "dros": {"lam": None}}
 
 
 def make_estimators(names: tuple[str, ...] | list[str], params: dict[str, dict] | None = None) -> list:
@@ -111,13 +149,24 @@ def _is_uniform_logging(rows: LoggedRows) -> bool:
     return bool(np.allclose(rows.pscore * rows.candidate_mask.sum(axis=1), 1.0, rtol=1e-6))
 
 
-def _estimate(rows: LoggedRows, dist: np.ndarray, q_hat: np.ndarray, names, s: EvaluationSettings, interval):
-    """{estimator: Estimate dict or {"error": why}} for one policy on ``rows``."""
+def _estimate(
+    rows: LoggedRows, dist: np.ndarray, q_hat: np.ndarray, names, s: EvaluationSettings, interval,
+    extra: dict | None = None,
+):  # fmt: skip
+    """{estimator: Estimate dict or {"error": why}} for one policy on ``rows``; ``extra``: the optional arrays
+    (action_groups, mixture_pscore) some estimators need, None where they are not available (with why)."""
+    extra = extra or {}
     deterministic = bool(np.isin(dist, (0.0, 1.0)).all())
-    usable, skipped = [], {}
+    usable, skipped, configured = [], {}, {}
     for name, est in zip(names, make_estimators(names, s.estimator_params), strict=True):
+        configured[est.name] = name
+        lacking = [x for x in est.needs_inputs if x != "logging_action_dist" and extra.get(x) is None]
+        if "logging_action_dist" in est.needs_inputs and rows.logging_action_dist is None:
+            lacking.insert(0, "logging_action_dist")
         if name == "replay" and not (deterministic and _is_uniform_logging(rows)):
             skipped[name] = {"error": "replay needs uniformly random logging and a deterministic policy"}
+        elif lacking:
+            skipped[name] = {"error": "; ".join(_LACKING[x] for x in lacking), "label": est.name}
         else:
             usable.append(est)
     out = {}
@@ -134,19 +183,33 @@ def _estimate(rows: LoggedRows, dist: np.ndarray, q_hat: np.ndarray, names, s: E
                     candidate_mask=rows.candidate_mask,
                     estimated_rewards=q_hat,
                     logging_action_dist=rows.logging_action_dist,
+                    action_groups=extra.get("action_groups"),
+                    mixture_pscore=extra.get("mixture_pscore"),
                     interval=interval,
                     alpha=s.alpha,
                     n_bootstrap=s.n_bootstrap,
                     seed=s.seed,
                 )
-                out = {k: v.to_dict() for k, v in res.items()}
+                # keyed by the configured name ("switch_dr"), the parametrised one ("switch_dr(tau=10)") inside
+                out = {
+                    configured[e.name]: {**res[e.name].to_dict(), "label": res[e.name].estimator}
+                    for e in usable
+                }
             except EstimationError as err:
-                out = {e.name: {"error": str(err)} for e in usable}
+                out = {configured[e.name]: {"error": str(err), "label": e.name} for e in usable}
         for w in caught:
             if issubclass(w.category, SupportWarning):
                 for v in out.values():
                     v.setdefault("warnings", []).append(str(w.message))
     return {**out, **skipped}
+
+
+_LACKING = {
+    "logging_action_dist": "needs the logs' action_dist column (the full logging distribution of every row)",
+    "action_groups": "needs image embeddings (the dataset's images table) to group the candidates",
+    "mixture_pscore": "needs logging_policies (every logging policy that wrote the logs, and a "
+    "logging_policy column naming which one wrote each row)",
+}
 
 
 def _true_value(world: World | None, contexts, rows: LoggedRows, dist: np.ndarray) -> float | None:
@@ -207,17 +270,27 @@ def evaluate_rows(
     titles: pa.Table | None,
     settings: EvaluationSettings,
     *,
-    train_fraction: float = 0.5,
+    train_fraction: float = 0.0,
     scorer: Callable[[pa.Table], ModelScores] | None = None,
     model_policy: str = "greedy",
+    targets: dict[str, TargetPolicy | Callable] | None = None,
+    logging_policies: dict[str, TargetPolicy | Callable] | None = None,
+    images: pa.Table | None = None,
     world: World | None = None,
     source: str = "impressions",
 ) -> dict:
-    """Evaluate the baselines (and the model policy when ``model_scores`` is given) on ``table``.
+    """Evaluate the baselines, the model policy (``scorer``) and any ``targets`` on ``table``.
 
     ``scorer(eval_table) -> ModelScores`` (e.g. :class:`deepbandit.evaluation.model_policy.BundleScorer`)
-    scores the evaluated rows for the model policy and the DM/DR reward model. Returns a JSON-serialisable dict: policies (estimates with
-    intervals, true values when ``world`` is given), segments, per-image table, profile scores, notes."""
+    scores the evaluated rows for the model policy and, with ``reward_model`` auto or model, the DM/DR
+    reward model. ``targets``: {name: TargetPolicy, or a callable eval_table -> (n, A) action_dist or
+    TargetOutput} (``targets.py``). ``logging_policies``: every policy that wrote the logs, in the same
+    forms, with the log's ``logging_policy`` column naming which one wrote each row: the balanced estimators
+    weigh by their mixture. ``images`` (the dataset's images table) feeds the logistic reward model's
+    embedding terms. Returns a JSON-serialisable dict: policies (estimates with intervals, diagnostics,
+    true values when ``world`` is given), segments, per-image table, profile scores, notes, warnings."""
+    started = time.perf_counter()
+    table = window_rows(table, settings, source)
     table, n_open = drop_open_rewards(table)
     if table.num_rows == 0:
         raise DataError(
@@ -226,36 +299,54 @@ def evaluate_rows(
         )
     rows_all = logged_rows(table, source)
     train, evalm = time_split(rows_all.timestamp, train_fraction)
-    rates = fit_take_rates(rows_all.take(train))
+    split = train if train_fraction > 0 else None
     ev_index = np.flatnonzero(evalm)
     rows = rows_all.take(ev_index)
     ev_table = table.take(pa.array(ev_index))
     n, n_actions = rows.candidate_ids.shape
     names = list(settings.estimators)
+    make_estimators(names, settings.estimator_params)  # unknown names fail before any model runs
     contexts = contexts_from_impressions(ev_table, source) if world is not None else None
+    request_id = ev_table.column("request_id").to_numpy(zero_copy_only=False).astype(str)
 
     model_scores = _to_width(scorer(ev_table), n_actions) if scorer is not None else None
-    unp_dist, cold = unpersonalised_action_dist(rows, rates)
-    policies: dict[str, dict] = {}
+    kind = check_reward_model(settings.reward_model, model_scores is not None)
+    folds, seed = settings.reward_model_folds, settings.seed
+    unp_dist, cold = _unpersonalised(rows_all, split, folds, seed)
     dists: dict[str, np.ndarray] = {
         "random": uniform_action_dist(rows.candidate_mask),
         "unpersonalised": unp_dist,
     }
+    sources = {"random": "uniform over each row's candidates", "unpersonalised": _UNPERSONALISED}
     if model_scores is not None:
-        q_hat = np.where(rows.candidate_mask, np.asarray(model_scores.expected_reward, dtype=np.float64), 0.0)
-        if q_hat.shape != (n, n_actions):
-            raise ValueError(f"model_scores.expected_reward: shape {q_hat.shape}, expected {(n, n_actions)}")
         dists["model"] = _model_dist(model_scores, rows.candidate_mask, model_policy)
-        reward_model = "model: predicted reward probability (sigmoid of the logits)"
-    else:
-        q_hat = empirical_reward_model(rows, rates)
-        reward_model = "empirical: per-image take rate reweighted by 1/propensity on the train split"
+        sources["model"] = f"the trained model, {model_policy}"
+    for name, target in (targets or {}).items():
+        _check_target_name(name)
+        target = target if isinstance(target, TargetPolicy) else TargetPolicy(target, f"callable {name}")
+        out = target(ev_table, rows.candidate_mask)
+        dists[name] = out.action_dist
+        sources[name] = target.source
+
+    extra = {
+        "action_groups": _action_groups(rows, images, names, settings),
+        "mixture_pscore": _mixture(ev_table, rows, logging_policies, source),
+    }
+    expected = None if model_scores is None else model_scores.expected_reward
+    q_hat, reward_model = out_of_sample_rewards(
+        kind, rows_all, table, titles, images, split, folds, seed, expected
+    )
     notes = {
-        "split": f"time split: earliest {train_fraction:.0%} of rows by timestamp fit the unpersonalised bandit"
-        f" and the empirical reward model; the other {n} rows are evaluated"
+        "window": _window_note(rows, settings),
+        "split": f"time split: the earliest {train_fraction:.0%} of rows by timestamp fit the unpersonalised "
+        f"bandit and the reward model; the other {n:,} rows are evaluated"
         if train_fraction > 0
-        else "no split: baselines fitted and evaluated on the same rows (optimistic)",
+        else f"no split: all {n:,} rows are evaluated; the unpersonalised bandit and the reward model are "
+        f"cross-fitted over {folds} random folds (each fold scored by a fit on the others)",
         "reward_model": reward_model,
+        "reward_model_uncertainty": "DM, DR, SNDR, Switch-DR and DRos intervals resample the evaluated rows "
+        "with the reward model held fixed: they leave out the reward model's own fitting error, so DM's "
+        "interval in particular is too narrow whenever the reward model is wrong",
         "unpersonalised_cold_start_rows": cold,
         "dropped_open_reward_rows": n_open,
         "action_dist_null_rows": (
@@ -263,7 +354,14 @@ def evaluate_rows(
         ),
         "logging": "on-policy mean reward of the evaluated rows (no weights): the logging policy's own value",
     }
+    warned: list[str] = []
+    if kind == "take_rates" and any(ESTIMATORS[e].needs_reward_model for e in names):
+        warned.append(
+            "the take_rates reward model is the same for every member: DM cannot see personalisation, and "
+            "DR/SNDR lean on their weights alone (use reward_model=logistic or a trained model)"
+        )
 
+    policies: dict[str, dict] = {}
     policies["logging"] = {"kind": "logging", "on_policy": on_policy_value(rows.reward), "estimates": {}}
     if world is not None:
         if rows.logging_action_dist is not None:
@@ -272,25 +370,40 @@ def evaluate_rows(
             q = world.expected_reward(contexts, rows.candidate_ids)
             policies["logging"]["true_value"] = float(q[np.arange(n), rows.action].mean())
     for name, dist in dists.items():
+        estimates = _estimate(rows, dist, q_hat, names, settings, settings.interval, extra)
+        some = next((e for e in estimates.values() if "diagnostics" in e), None)
+        unsupported = some["diagnostics"]["unsupported_mass"] if some else 0.0
+        diag = weight_diagnostics(
+            rows.pscore, dist[np.arange(n), rows.action], rows.candidate_mask.sum(axis=1), request_id,
+            unsupported, settings.diagnostics,
+        )  # fmt: skip
         policies[name] = {
-            "kind": "model" if name == "model" else "baseline",
-            "estimates": _estimate(rows, dist, q_hat, names, settings, settings.interval),
+            "kind": "baseline" if name in ("random", "unpersonalised") else "target",
+            "source": sources[name],
+            "estimates": estimates,
+            "weights": diag,
             "true_value": _true_value(world, contexts, rows, dist),
         }
+        warned += [f"{_label(name)}: {w}" for w in diag["warnings"]]
     if model_scores is not None:
+        policies["model"]["kind"] = "model"
         policies["model"]["policy"] = model_policy
     if world is not None:
-        oracle = one_hot(world.oracle_action(contexts, rows.candidate_ids), n_actions)
-        dists["oracle"] = oracle
-        policies["oracle"] = {
-            "kind": "oracle",
-            "estimates": {},
-            "true_value": _true_value(world, contexts, rows, oracle),
-        }
+        for name, action in (
+            ("best_image", world.best_unpersonalised_action(contexts, rows.candidate_ids)),
+            ("oracle", world.oracle_action(contexts, rows.candidate_ids)),
+        ):
+            dists[name] = one_hot(action, n_actions)
+            policies[name] = {
+                "kind": "oracle",
+                "source": _TRUTH_ONLY[name],
+                "estimates": {},
+                "true_value": _true_value(world, contexts, rows, dists[name]),
+            }
 
     segments = _segments(ev_table, rows, dists, q_hat, settings, world, contexts, source)
+    rates = fit_take_rates(rows_all.take(train) if split is not None else rows_all)
     per_image = _per_image(rows, rates, dists)
-    profile, labels = (None, None)
     profile_scores = None
     if titles is not None and "played_title_ids" in ev_table.column_names:
         profile, labels = dominant_genre(ev_table.column("played_title_ids"), titles)
@@ -299,7 +412,10 @@ def evaluate_rows(
             if not (rows.title_id == title).any():
                 raise ConfigError(f"title_for_plot={title}: no evaluated row shows that title")
             if model_scores is not None:
-                scores, what = q_hat, "model's predicted take probability"
+                scores, what = (
+                    q_hat if kind == "model" else model_scores.expected_reward,
+                    "model's predicted take probability",
+                )
             elif world is not None:
                 scores, what = (
                     world.expected_reward(contexts, rows.candidate_ids),
@@ -308,19 +424,176 @@ def evaluate_rows(
             else:
                 scores, what = None, "observed take rate reweighted by 1/propensity"
             profile_scores = _profile_scores(int(title), rows, profile, labels, scores, what)
+    for name, pol in policies.items():
+        for est in pol["estimates"].values():
+            warned += [f"{_label(name)} {est.get('label', '')}: {w}" for w in est.get("warnings", [])]
     return {
         "n_rows": int(len(table)),
         "n_train_rows": int(train.sum()) if train_fraction > 0 else 0,
         "n_eval_rows": int(n),
+        "window": {
+            "first": iso_time(rows.timestamp.min()),
+            "last": iso_time(rows.timestamp.max()),
+            "start": settings.window_start,
+            "end": settings.window_end,
+        },
         "estimators": names,
+        "estimator_labels": {e.label: e.name for e in make_estimators(names, settings.estimator_params)},
         "interval": settings.interval,
         "alpha": settings.alpha,
+        "reward_name": settings.reward_name,
+        "reward_range": [float(rows_all.reward.min()), float(rows_all.reward.max())],
+        "reward_model": kind,
         "policies": policies,
         "segments": segments,
         "per_image": per_image,
         "profile_scores": profile_scores,
         "notes": notes,
+        "warnings": list(dict.fromkeys(warned)),
+        "run": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": time.perf_counter() - started,
+        },
     }
+
+
+def _action_groups(rows: LoggedRows, images: pa.Table | None, names, s: EvaluationSettings):
+    """MIPS's candidate groups (n, A) from k-means on the image embeddings, or None (no MIPS, no images)."""
+    if not any(n in ("mips", "snmips") for n in names):
+        return None
+    if isinstance(s.mips_groups, bool) or not isinstance(s.mips_groups, int) or s.mips_groups < 1:
+        raise ConfigError(f"mips_groups must be a positive integer, got {s.mips_groups!r}")
+    codes, _, embeddings = image_codes(rows, images)
+    if embeddings is None:
+        return None
+    return embedding_groups(embeddings, codes, rows.candidate_mask, s.mips_groups, s.seed)
+
+
+def _mixture(table: pa.Table, rows: LoggedRows, policies: dict | None, source: str) -> np.ndarray | None:
+    """The mixture propensity of the logging policies at each logged image (n,), checked against the logs:
+    each row's own policy must give the logged image the logged propensity."""
+    if not policies:
+        return None
+    if "logging_policy" not in table.column_names:
+        raise DataError(
+            f"{source}: logging_policies are given but the logs have no logging_policy column naming which "
+            "policy wrote each row"
+        )
+    col = table.column("logging_policy")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{source}: column 'logging_policy' is null at row {row}")
+    wrote = col.to_numpy(zero_copy_only=False).astype(str)
+    names = list(policies)
+    unknown = sorted(set(wrote) - set(names))
+    if unknown:
+        row = int(np.flatnonzero(wrote == unknown[0])[0])
+        raise DataError(
+            f"{source}: column 'logging_policy' at row {row} names {unknown[0]!r}, which is not among "
+            f"logging_policies {names}"
+        )
+    n = len(rows)
+    probs = np.empty((n, len(names)))
+    for k, (name, policy) in enumerate(policies.items()):
+        policy = policy if isinstance(policy, TargetPolicy) else TargetPolicy(policy, f"callable {name}")
+        probs[:, k] = policy(table, rows.candidate_mask).action_dist[np.arange(n), rows.action]
+    index = np.searchsorted(names, wrote, sorter=np.argsort(names))
+    logger = np.argsort(names)[index]
+    own = probs[np.arange(n), logger]
+    bad = np.abs(own - rows.pscore) > 1e-6 + 1e-4 * rows.pscore
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        rid = table.column("request_id")[i].as_py()
+        raise DataError(
+            f"{source}: row {i} (request_id {rid}) was logged by {wrote[i]!r} with propensity {rows.pscore[i]:.6g}, "
+            f"but that policy gives the logged image {own[i]:.6g}: logging_policies.{wrote[i]} is not the "
+            "policy that wrote these rows"
+        )
+    return mixture_pscore(probs, logger)
+
+
+_UNPERSONALISED = "per title the image with the best reweighted take rate, fitted out of sample"
+_TRUTH_ONLY = {
+    "best_image": "per title the image with the best true value for all members (simulator; truth only)",
+    "oracle": "per row the truly best candidate (simulator; truth only)",
+}
+RESERVED_POLICY_NAMES = ("random", "logging", "unpersonalised", "model", "best_image", "oracle")
+
+
+def _label(name: str) -> str:
+    from deepbandit.evaluation.plots import LABELS
+
+    return LABELS.get(name, name)
+
+
+def _check_target_name(name: str) -> None:
+    if name in RESERVED_POLICY_NAMES:
+        raise ConfigError(f"targets.{name}: {name!r} names a built-in policy; choose another name")
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise ConfigError(f"targets: policy name {name!r} must be letters, digits, '_' or '-'")
+
+
+def iso_time(us: int) -> str:
+    return datetime.fromtimestamp(int(us) / 1e6, UTC).isoformat(timespec="seconds")
+
+
+def _parse_time(value: str, name: str) -> int:
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError as err:
+        raise ConfigError(f"{name}={value!r} is not an ISO 8601 time (e.g. 2026-01-31T00:00:00Z)") from err
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+def window_rows(table: pa.Table, s: EvaluationSettings, source: str) -> pa.Table:
+    """The rows of [window_start, window_end); all rows without a window."""
+    if s.window_start is None and s.window_end is None:
+        return table
+    lo = _parse_time(s.window_start, "window_start") if s.window_start is not None else None
+    hi = _parse_time(s.window_end, "window_end") if s.window_end is not None else None
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"window_start={s.window_start} is not before window_end={s.window_end}")
+    ts = table.column("timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    keep = np.ones(len(ts), bool)
+    if lo is not None:
+        keep &= ts >= lo
+    if hi is not None:
+        keep &= ts < hi
+    if not keep.any():
+        first, last = (iso_time(ts.min()), iso_time(ts.max())) if len(ts) else ("-", "-")
+        raise DataError(
+            f"{source}: no row in the window [{s.window_start}, {s.window_end}); the logs run from {first} to "
+            f"{last}"
+        )
+    return table.filter(pa.array(keep))
+
+
+def _window_note(rows: LoggedRows, s: EvaluationSettings) -> str:
+    window = (
+        f" (window [{s.window_start or 'start'}, {s.window_end or 'end'}))"
+        if s.window_start or s.window_end
+        else ""
+    )
+    return f"{len(rows):,} evaluated rows logged from {iso_time(rows.timestamp.min())} to {iso_time(rows.timestamp.max())}{window}"
+
+
+def _unpersonalised(
+    rows_all: LoggedRows, split: np.ndarray | None, folds: int, seed: int
+) -> tuple[np.ndarray, int]:
+    """The unpersonalised bandit's (n_eval, A) action_dist, out of sample, and its cold-start rows."""
+    cold = [0]
+
+    def fit_predict(fit_index: np.ndarray, score_index: np.ndarray) -> np.ndarray:
+        dist, n_cold = unpersonalised_action_dist(
+            rows_all.take(score_index), fit_take_rates(rows_all.take(fit_index))
+        )
+        cold[0] += n_cold
+        return dist
+
+    dist = fit_out_of_sample(fit_predict, len(rows_all), split, folds, seed)
+    return dist, cold[0]
 
 
 def _to_width(scores: ModelScores, n_actions: int) -> ModelScores:
@@ -374,7 +647,7 @@ def _segments(table, rows, dists, q_hat, s: EvaluationSettings, world, contexts,
                 sub_ctx = contexts.take(idx) if contexts is not None else None
                 for name, dist in dists.items():
                     pol = {}
-                    if name != "oracle":
+                    if name not in _TRUTH_ONLY:
                         est = _estimate(sub, dist[idx], q_hat[idx], [s.segment_estimator], s, "normal")
                         pol = est[s.segment_estimator]
                     if world is not None:
@@ -385,6 +658,8 @@ def _segments(table, rows, dists, q_hat, s: EvaluationSettings, world, contexts,
                 for pol in entry["policies"].values():
                     if "value" in pol and "value" in ref:
                         pol["lift_vs_unpersonalised"] = lift(pol["value"], ref["value"])
+                        if pol is not ref:
+                            pol.update(_lift_interval(pol, ref, s.alpha))
                     if pol.get("true_value") is not None and ref.get("true_value") is not None:
                         pol["true_lift_vs_unpersonalised"] = lift(pol["true_value"], ref["true_value"])
             else:
@@ -392,6 +667,17 @@ def _segments(table, rows, dists, q_hat, s: EvaluationSettings, world, contexts,
             values[label] = entry
         out[column] = values
     return out
+
+
+def _lift_interval(pol: dict, ref: dict, alpha: float) -> dict:
+    """Normal interval of the relative lift V / V_ref - 1 by the delta method, treating the two estimates
+    as independent (they share rows, so with positively correlated estimates it is conservative)."""
+    v, r = pol["value"], ref["value"]
+    if r == 0 or not (math.isfinite(pol.get("se", math.nan)) and math.isfinite(ref.get("se", math.nan))):
+        return {}
+    se = abs(v / r) * math.sqrt((pol["se"] / v) ** 2 + (ref["se"] / r) ** 2) if v else abs(pol["se"] / r)
+    z = z_value(alpha)
+    return {"lift_lower": v / r - 1 - z * se, "lift_upper": v / r - 1 + z * se}
 
 
 def _per_image(rows: LoggedRows, rates: TakeRates, dists: dict[str, np.ndarray]) -> dict:
@@ -437,3 +723,14 @@ def read_dataset(
     images = read_images(root / IMAGES_FILE)
     world = World.load(root / WORLD_FILE) if (root / WORLD_FILE).exists() else None
     return table, titles, images, world
+
+
+def reward_name_of(data: str | Path) -> str:
+    """What a reward of 1 counts in a dataset folder: clicks for an Open Bandit Dataset import, quality plays
+    for the simulator's logs, plain "reward" otherwise (``reward_name`` overrides it)."""
+    root = Path(data)
+    if (root / "obd_import.json").exists():
+        return "click"
+    if (root / WORLD_FILE).exists():
+        return "quality play"
+    return "reward"

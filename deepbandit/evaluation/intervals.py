@@ -116,12 +116,16 @@ def ratio_value(sum_c: float, n: int, sum_a: float, sum_b: float) -> float:
     return sum_c / n + sum_a / sum_b
 
 
-def delta_method_se(moments: Moments, cols: slice) -> float:
-    """Standard error of V = mean(c) + mean(a) / mean(b) for the three columns ``cols`` of ``moments``."""
+def delta_method_se(moments: Moments, weights: list[tuple[slice, float]]) -> float:
+    """Standard error of sum_j sign_j V_j, V = mean(c) + mean(a) / mean(b), over the column triples
+    ``weights`` [(cols, sign)] of ``moments`` (one triple: an estimate; two with signs +1, -1: a lift, whose
+    covariance between the two policies' terms is included)."""
     n = moments.n
-    mean_c, mean_a, mean_b = (moments.sum[cols] / n).tolist()
-    cov = moments.m2[cols, cols] / (n - 1)
-    grad = torch.tensor([1.0, 1.0 / mean_b, -mean_a / mean_b**2], dtype=cov.dtype, device=cov.device)
+    grad = torch.zeros(moments.sum.shape[0], dtype=moments.sum.dtype, device=moments.sum.device)
+    for cols, sign in weights:
+        mean_c, mean_a, mean_b = (moments.sum[cols] / n).tolist()
+        grad[cols] = sign * torch.tensor([1.0, 1.0 / mean_b, -mean_a / mean_b**2], dtype=grad.dtype)
+    cov = moments.m2 / (n - 1)
     return math.sqrt(max(float(grad @ cov @ grad), 0.0) / n)
 
 

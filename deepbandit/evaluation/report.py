@@ -33,7 +33,8 @@ def summary_rows(result: dict, interval_of: str | None = "all") -> list[list[str
     estimator's interval; an estimator's name gives only that one's (a console-wide table)."""
     decimals = decimals_for(_values(result))
     rows = []
-    for name in [n for n in ORDER if n in result["policies"]]:
+    names = [n for n in ORDER if n in result["policies"]]
+    for name in names + [n for n in result["policies"] if n not in names]:
         pol = result["policies"][name]
         if "on_policy" in pol:
             cells = [_cell(pol["on_policy"], decimals, interval_of is not None) + " (on-policy)"] + [""] * (
@@ -45,7 +46,7 @@ def summary_rows(result: dict, interval_of: str | None = "all") -> list[list[str
             cells = [
                 _cell(pol["estimates"][e], decimals, interval_of in ("all", e)) for e in result["estimators"]
             ]
-        rows.append([LABELS[name], *cells, fmt(pol.get("true_value"), decimals)])
+        rows.append([_name(name), *cells, fmt(pol.get("true_value"), decimals)])
     return rows
 
 
@@ -55,39 +56,97 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# One plain-language line per estimator and diagnostic (the report prints those a run used).
+EXPLAIN = {
+    "ips": "IPS reweights each logged reward by target / logging probability of the shown image: unbiased "
+    "with right propensities and full support, noisy when weights are large.",
+    "snips": "SNIPS is IPS divided by the mean weight: slightly biased, much steadier, always inside the "
+    "range of observed rewards.",
+    "dm": "DM averages the reward model's prediction for the policy's choices: no weights, so low variance, "
+    "but exactly as right as the reward model.",
+    "dr": "DR is DM plus an IPS correction of the reward model's error on the shown images: right if either "
+    "the propensities or the reward model are right.",
+    "sndr": "SNDR is DR with the correction self-normalised like SNIPS.",
+    "switch_dr": "Switch-DR uses DR's correction only on rows whose weight is at most tau, DM elsewhere.",
+    "replay": "Replay is the mean reward of rows where the policy picks the shown image (uniform logs only).",
+    "dros": "DRos is DR with each weight shrunk towards 0 (lambda w / (w^2 + lambda)): less variance, a "
+    "little bias.",
+    "mips": "MIPS reweights by the probability of the shown image's embedding cluster instead of the image: "
+    "far smaller weights when many images look alike, biased if images of a cluster differ in reward.",
+    "snmips": "SNMIPS is MIPS self-normalised like SNIPS.",
+    "balanced_ips": "Balanced IPS divides by the mixture of all logging policies' propensities (logs "
+    "from several policies).",
+    "balanced_dr": "Balanced DR is DR with the mixture propensity of balanced IPS.",
+}
+DIAGNOSTICS_EXPLAINED = [
+    "**ESS** (effective sample size, (sum w)^2 / sum w^2): how many equally weighted rows the weights are "
+    "worth; under 1% of the rows an estimate rests on a handful of rows.",
+    "**top-10 share**: share of all weight held by the ten heaviest rows (named in report.json, "
+    "`policies.<name>.weights.heaviest_rows`).",
+    "**mean weight** should be 1 within a few standard errors when propensities are right and the support "
+    "is covered.",
+    "**floor rows**: logged propensities far below uniform (a clipped or zero Monte Carlo count), whose "
+    "weights explode.",
+    "**unsupported**: the policy's mean mass on candidates the logging policy never shows; weighted "
+    "estimators cannot see it.",
+]
+
+
+def _name(policy: str) -> str:
+    return LABELS.get(policy, policy)
+
+
 def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
     """The human-readable report."""
     level = f"{1 - result['alpha']:.0%}"
+    reward = result.get("reward_name", "reward")
+    run = result.get("run", {})
+    model = result.get("model") or {}
     out = [
         "# Off-policy evaluation report",
         "",
-        f"{result['n_rows']:,} logged impressions; {result['n_train_rows']:,} fit the data-driven baselines, "
-        f"{result['n_eval_rows']:,} are evaluated. Values are take fractions (reward per impression), with "
-        f"{level} {result['interval']} intervals. The true column is the simulator's exact value (— on real logs).",
+        f"- **data**: {result['notes'].get('window', '')}; {result['n_rows']:,} logged impressions, "
+        f"{result['n_train_rows']:,} fit the data-driven baselines only, {result['n_eval_rows']:,} evaluated.",
+        f"- **reward**: {reward} (values are mean {reward} per impression, with {level} "
+        f"{result['interval']} intervals; the true column is the simulator's exact value, — on real logs).",
+        f"- **model**: {model.get('bundle') or 'none'}"
+        + (f" ({model['policy']} policy)" if model.get("policy") else ""),
+        f"- **run**: {run.get('date', '?')}, {run.get('seconds', float('nan')):.1f} s; reward model "
+        f"{result.get('reward_model', '?')}.",
         "",
         "## Policy values",
         "",
         _table(["policy", *[e.upper() for e in result["estimators"]], "true"], summary_rows(result)),
         "",
-        "Notes:",
-        "",
     ]
-    out += [f"- **{k}**: {v}" for k, v in result["notes"].items()]
-    warned = {
-        w for p in result["policies"].values() for e in p["estimates"].values() for w in e.get("warnings", [])
-    }
-    errors = {f"{n}/{k}: {e['error']}" for n, p in result["policies"].items() for k, e in p["estimates"].items()
-              if "error" in e}  # fmt: skip
-    out += [f"- warning: {w}" for w in sorted(warned)] + [f"- not estimated: {e}" for e in sorted(errors)]
-    out += ["", "## Diagnostics", "", _table(
-        ["policy", "estimator", "ESS", "ESS / rows", "max weight", "mean weight ± se", "match rate"],
-        [[LABELS[n], k, f"{d['ess']:.0f}", f"{d['ess'] / d['n_rows']:.3f}", f"{d['max_weight']:.3g}",
-          f"{d['mean_weight']:.3f} ± {d['mean_weight_se']:.3f}", f"{d['match_rate']:.3f}"]
-         for n, p in result["policies"].items() for k, e in list(p["estimates"].items())[:1]
-         if "diagnostics" in e for d in [e["diagnostics"]]],
-    )]  # fmt: skip
+    sources = [(n, p["source"]) for n, p in result["policies"].items() if p.get("source")]
+    if sources:
+        out += ["Policies:", ""] + [f"- **{_name(n)}**: {src}" for n, src in sources] + [""]
+    warned = list(result.get("warnings", []))
+    errors = {f"{_name(n)} / {k}: {e['error']}" for n, p in result["policies"].items()
+              for k, e in p["estimates"].items() if "error" in e}  # fmt: skip
+    if warned or errors:
+        out += (
+            ["## Warnings", ""]
+            + [f"- {w}" for w in warned]
+            + [f"- not estimated: {e}" for e in sorted(errors)]
+        )
+        out += [""]
+    out += ["## How to read the estimators", ""]
+    out += [f"- {EXPLAIN[e]}" for e in result["estimators"] if e in EXPLAIN] + [""]
+    out += ["Notes:", ""] + [f"- **{k}**: {v}" for k, v in result["notes"].items()] + [""]
+    out += ["## Diagnostics", "", _table(
+        ["policy", "ESS", "ESS / rows", "top-10 share", "max weight", "mean weight ± se", "match rate",
+         "floor rows", "unsupported"],
+        [[_name(n), f"{w['ess']:.0f}", f"{w['ess_fraction']:.3f}", f"{w['top_weight_share']:.1%}",
+          f"{d['max_weight']:.3g}", f"{d['mean_weight']:.3f} ± {d['mean_weight_se']:.3f}", f"{d['match_rate']:.3f}",
+          f"{w['floor_propensity_rows']:,}", f"{w['unsupported_mass']:.2%}"]
+         for n, p in result["policies"].items() if "weights" in p
+         for e in [next((e for e in p["estimates"].values() if "diagnostics" in e), None)] if e is not None
+         for d, w in [(e["diagnostics"], p["weights"])]],
+    ), ""]  # fmt: skip
+    out += [f"- {line}" for line in DIAGNOSTICS_EXPLAINED] + [""]
     out += [
-        "",
         f"## Segments ({segment_estimator.upper()}, normal {level} intervals; lift vs unpersonalised)",
         "",
     ]
@@ -99,27 +158,38 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
                 rows.append([f"{label}", f"{entry['n_rows']:,}", "skipped: " + entry["skipped"], "", "", ""])
                 continue
             for name, pol in entry["policies"].items():
-                lift = pol.get("lift_vs_unpersonalised")
-                true_lift = pol.get("true_lift_vs_unpersonalised")
                 rows.append([
-                    f"{label}", f"{entry['n_rows']:,}", LABELS[name], _cell(pol, decimals) if "value" in pol else "—",
-                    "—" if lift is None else f"{100 * lift:+.1f}%",
-                    fmt(pol.get("true_value"), decimals) + ("" if true_lift is None else f" ({100 * true_lift:+.1f}%)"),
+                    f"{label}", f"{entry['n_rows']:,}", _name(name), _cell(pol, decimals) if "value" in pol else "—",
+                    _lift(pol), fmt(pol.get("true_value"), decimals) + _true_lift(pol),
                 ])  # fmt: skip
         out += [
             f"### {column}",
             "",
-            _table([column, "rows", "policy", "value", "lift", "true (lift)"], rows),
+            _table([column, "rows", "policy", "value", "lift [interval]", "true (lift)"], rows),
             "",
         ]
     pi = result["per_image"]
     out += ["## Per-image take rates", ""]
     for k, v in pi["agreement_with_unpersonalised"].items():
-        out.append(f"- {LABELS[k]} picks the unpersonalised bandit's image on {100 * v:.1f}% of rows.")
+        out.append(f"- {_name(k)} picks the unpersonalised bandit's image on {100 * v:.1f}% of rows.")
     out += ["", f"{len(pi['image_id'])} images shown on evaluated rows; see report.json (`per_image`).", ""]
     if plots:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _lift(pol: dict) -> str:
+    lift = pol.get("lift_vs_unpersonalised")
+    if lift is None:
+        return "—"
+    if pol.get("lift_lower") is None:
+        return f"{100 * lift:+.1f}%"
+    return f"{100 * lift:+.1f}% [{100 * pol['lift_lower']:+.1f}%, {100 * pol['lift_upper']:+.1f}%]"
+
+
+def _true_lift(pol: dict) -> str:
+    true_lift = pol.get("true_lift_vs_unpersonalised")
+    return "" if true_lift is None else f" ({100 * true_lift:+.1f}%)"
 
 
 def write_report(result: dict, out_dir: Path, plots: list[Path], segment_estimator: str) -> tuple[Path, Path]:

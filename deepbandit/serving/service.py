@@ -234,11 +234,14 @@ class ArtworkService:
             ok, action, chosen, propensity, dist, scores, kind, dict(batch.errors), timestamp, batch
         )
 
-    def to_impressions(self, decisions: ServingDecisions, request_ids: Any = None) -> Any:
+    def to_impressions(
+        self, decisions: ServingDecisions, request_ids: Any = None, logging_policy: str | None = None
+    ) -> Any:
         """The decided requests (errors left out) as an impressions table of the log contract
         (``IMPRESSIONS_SCHEMA`` plus action_dist, propensity_kind and member_features when the model
         has them), reward null. request_ids (B,) str, else the requests' request_id, else fresh ids
-        ``<uuid4>-<position>``."""
+        ``<uuid4>-<position>``. ``logging_policy``: a name for this policy, written on every row, for logs
+        that several policies write in turn (balanced IPS/DR tell them apart by it)."""
         import pyarrow as pa
 
         from deepbandit.data.schema import IMPRESSIONS_SCHEMA, OPTIONAL_IMPRESSION_FIELDS
@@ -303,8 +306,11 @@ class ArtworkService:
             "propensity_kind": pa.array(np.full(len(rows), decisions.propensity_kind), pa.string()),
         }
         fields = list(IMPRESSIONS_SCHEMA) + [
-            f for f in OPTIONAL_IMPRESSION_FIELDS if f.name != "member_features"
+            f for f in OPTIONAL_IMPRESSION_FIELDS if f.name not in ("member_features", "logging_policy")
         ]
+        if logging_policy is not None:
+            columns["logging_policy"] = pa.array(np.full(len(rows), logging_policy), pa.string())
+            fields.append(next(f for f in OPTIONAL_IMPRESSION_FIELDS if f.name == "logging_policy"))
         if batch.member_features is not None:
             fmat = batch.member_features[rows]
             columns["member_features"] = pa.ListArray.from_arrays(

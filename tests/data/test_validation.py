@@ -96,6 +96,7 @@ def make_world(n_rows: int = N_ROWS, seed: int = 0, first_request: int = 0) -> d
         rows["action_dist"].append(dist.tolist())
         rows["member_features"].append(rng.normal(size=MEMBER_DIM).astype(np.float32).tolist())
         rows["propensity_kind"].append("exact" if i % 2 else "mc_estimate:64")
+        rows["logging_policy"].append("week1" if i < n_rows // 2 else "week2")
     schema = pa.schema(
         list(IMPRESSIONS_SCHEMA) + OPTIONAL_IMPRESSION_FIELDS, metadata=IMPRESSIONS_SCHEMA.metadata
     )
