@@ -727,6 +727,13 @@ def _impression_checks(
             malformed,
             lambda i: f"propensity_kind {kind[i].as_py()!r} is not {MC_PREFIX}<samples> with samples >= 1",
         )
+    if "logging_policy" in cols:  # null allowed (unknown); a name is never empty
+        yield _Problem(
+            "logging_policy",
+            "logging_policy is empty",
+            _values(pc.binary_length(cols["logging_policy"]), 1) == 0,
+            lambda i: "logging_policy is the empty string",
+        )
 
 
 def _key_checks(cols: dict[str, pa.Array], name: str, locate) -> Iterator[_Problem]:

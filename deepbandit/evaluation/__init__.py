@@ -21,18 +21,27 @@ from deepbandit.evaluation.estimators import (
     DM,
     DR,
     IPS,
+    MIPS,
     SNDR,
     SNIPS,
+    SNMIPS,
+    BalancedDR,
+    BalancedIPS,
+    DRos,
     Estimate,
+    Lift,
     Replay,
     SwitchDR,
+    embedding_groups,
     estimate_all,
+    estimate_lift,
+    mixture_pscore,
 )
 from deepbandit.evaluation.evaluate import EvaluationSettings, ModelScores, evaluate_rows, read_dataset
 
 __all__ = [
-    "DM", "DR", "IPS", "SNDR", "SNIPS", "Estimate", "EstimationError", "EvaluationSettings", "LoggedRows",
+    "DM", "DR", "DRos", "IPS", "MIPS", "SNDR", "SNIPS", "SNMIPS", "BalancedDR", "BalancedIPS", "Estimate", "Lift", "EstimationError", "EvaluationSettings", "LoggedRows",
     "ModelScores", "Replay", "ReplayBiasWarning", "SupportWarning", "SwitchDR", "TakeRates",
-    "deterministic_action_dist", "estimate_all", "evaluate_rows", "fit_take_rates", "logged_rows",
+    "deterministic_action_dist", "embedding_groups", "estimate_all", "estimate_lift", "mixture_pscore", "evaluate_rows", "fit_take_rates", "logged_rows",
     "on_policy_value", "read_dataset", "time_split", "uniform_action_dist", "unpersonalised_action_dist",
 ]  # fmt: skip

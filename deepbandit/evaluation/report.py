@@ -69,10 +69,10 @@ EXPLAIN = {
     "sndr": "SNDR is DR with the correction self-normalised like SNIPS.",
     "switch_dr": "Switch-DR uses DR's correction only on rows whose weight is at most tau, DM elsewhere.",
     "replay": "Replay is the mean reward of rows where the policy picks the shown image (uniform logs only).",
-    "dros": "DRos is DR with each weight shrunk towards 0 (lambda w / (w^2 + lambda)): less variance, a "
-    "little bias.",
+    "dros": "DRos is DR with each weight shrunk (lambda w / (w^2 + lambda), lambda picked on the data to "
+    "minimise estimated error): less variance, some bias towards DM, so its interval can miss the truth.",
     "mips": "MIPS reweights by the probability of the shown image's embedding cluster instead of the image: "
-    "far smaller weights when many images look alike, biased if images of a cluster differ in reward.",
+    "far smaller weights when a title has many candidates, biased when images of a cluster differ in reward.",
     "snmips": "SNMIPS is MIPS self-normalised like SNIPS.",
     "balanced_ips": "Balanced IPS divides by the mixture of all logging policies' propensities (logs "
     "from several policies).",
