@@ -77,7 +77,9 @@ class EvaluateConfig:
     segment_estimator: str = "snips"
     min_segment_rows: int = 100
     title_for_plot: int | None = None
-    plot_estimator: str = "snips"
+    plot_estimator: str | None = (
+        None  # estimator of the policy-value plot; null: snips if listed, else the first
+    )
     plots: bool = True
     out_dir: str | None = None
 
@@ -113,6 +115,8 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"alpha must be in (0, 1) (1 - the intervals' coverage); got {cfg.alpha}")
     if cfg.model_policy not in ("greedy", "thompson"):
         raise ConfigError(f"model_policy must be greedy or thompson; got {cfg.model_policy!r}")
+    if cfg.plot_estimator is None:
+        cfg.plot_estimator = "snips" if "snips" in cfg.estimators else cfg.estimators[0]
     if cfg.plot_estimator not in cfg.estimators:
         raise ConfigError(
             f"plot_estimator={cfg.plot_estimator!r} is not among estimators {list(cfg.estimators)}"

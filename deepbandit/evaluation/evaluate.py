@@ -140,7 +140,7 @@ def make_estimators(names: tuple[str, ...] | list[str], params: dict[str, dict] 
         kwargs = {**ESTIMATOR_PARAMS.get(n, {}), **given.get(n, {})}
         try:
             out.append(ESTIMATORS[n](**kwargs))
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"estimator_params.{n}: {err}") from err
     return out
 

@@ -86,6 +86,11 @@ MISTAKES = [
     ("evaluate dataset={ds} segments=[nosuchcol]", "segment column 'nosuchcol' not found"),
     ("evaluate dataset={ds} interval=bernstein", "snips, sndr are ratios"),
     (
+        "evaluate dataset={ds} estimators=[dros] estimator_params.dros.lam=-1",
+        "estimator_params.dros: DRos: lam must be >= 0",
+    ),
+    ("evaluate dataset={ds} estimators=[mips] mips_groups=0", "mips_groups must be a positive integer"),
+    (
         "evaluate dataset={ds} +targets.mine={root}/nope.parquet",
         "target policy {root}/nope.parquet: no such file",
     ),
