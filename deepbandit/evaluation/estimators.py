@@ -857,6 +857,7 @@ def _one_pass(
     sums = [_DiagnosticSums() for _ in dists]
     n_clipped = [0] * len(specs)
     per_dist = [replace(inputs, action_dist=d) for d in dists]
+    sums_only = moments.m2 is None and boot is None
     with tqdm(total=inputs.n, unit="rows", disable=not progress, desc="estimators") as bar:
         for start in range(0, inputs.n, chunk):
             stop = min(start + chunk, inputs.n)
@@ -865,21 +866,34 @@ def _one_pass(
             ]
             for s, r in zip(sums, rows, strict=True):
                 s.add(r)
-            columns = []
+            terms = []
             for i, (e, d) in enumerate(specs):
                 e.check(rows[d])
                 t = e.terms(rows[d])
                 n_clipped[i] += t.n_clipped
-                m = len(rows[d].reward)
+                terms.append(t)
+            m = stop - start
+            zero = torch.zeros((), device=device, dtype=dtype)
+            count = torch.full((), float(m), device=device, dtype=dtype)
+            column_sums = torch.stack([
+                v for t in terms for v in (zero if t.c is None else t.c.sum(), zero if t.a is None else t.a.sum(),
+                                           count if t.b is None else t.b.sum())
+            ])  # fmt: skip
+            if sums_only:  # values only: the column sums, without materialising the (m, 3k) block
+                moments.add_sums(column_sums, m)
+            else:
                 zeros = torch.zeros(m, device=device, dtype=dtype)
-                columns += [zeros if t.c is None else t.c, zeros if t.a is None else t.a,
-                            torch.ones(m, device=device, dtype=dtype) if t.b is None else t.b]  # fmt: skip
-            x = torch.stack(columns, dim=1)  # (m, 3 * n_specs)
-            moments.add(x)
-            low = torch.minimum(low, x.amin(dim=0))
-            high = torch.maximum(high, x.amax(dim=0))
-            if boot is not None:
-                boot.add(x)
+                ones = torch.ones(m, device=device, dtype=dtype)
+                x = torch.stack(
+                    [v for t in terms for v in (zeros if t.c is None else t.c, zeros if t.a is None else t.a,
+                                                ones if t.b is None else t.b)], dim=1,
+                )  # fmt: skip  # (m, 3 * n_specs)
+                moments.add(x, column_sums)
+                if interval == "bernstein":  # the bound's range; no other path pays for it
+                    low = torch.minimum(low, x.amin(dim=0))
+                    high = torch.maximum(high, x.amax(dim=0))
+                if boot is not None:
+                    boot.add(x)
             bar.update(stop - start)
     return _Pass(inputs.n, moments, boot, low, high, sums, n_clipped, inputs.logging_action_dist is not None)
 

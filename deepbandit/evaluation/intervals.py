@@ -48,9 +48,18 @@ class Moments:
         # without cross_products only the sums are kept (a value needs nothing more; an se needs m2)
         self.m2 = torch.zeros(k, k, device=device, dtype=dtype) if cross_products else None
 
-    def add(self, x: torch.Tensor) -> None:
+    def add_sums(self, s: torch.Tensor, m: int) -> None:
+        """Column sums (k,) of m rows, when no cross-products are kept (values only)."""
+        if self.m2 is not None:
+            raise ValueError("add_sums needs a Moments without cross_products")
+        self.sum += s
+        self.n += m
+
+    def add(self, x: torch.Tensor, s: torch.Tensor | None = None) -> None:
+        """Rows x (m, k); ``s``: their column sums when already computed (the same summation as
+        ``add_sums``, so a value is bit-identical with and without cross-products)."""
         m = x.shape[0]
-        s = x.sum(dim=0)
+        s = x.sum(dim=0) if s is None else s
         if self.m2 is None:
             self.sum += s
             self.n += m
