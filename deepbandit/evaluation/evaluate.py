@@ -489,7 +489,7 @@ def _mixture(table: pa.Table, rows: LoggedRows, policies: dict | None, source: s
     if unknown:
         row = int(np.flatnonzero(wrote == unknown[0])[0])
         raise DataError(
-            f"{source}: column 'logging_policy' at row {row} names {unknown[0]!r}, which is not among "
+            f"{source}: column 'logging_policy' at row {row} names {str(unknown[0])!r}, which is not among "
             f"logging_policies {names}"
         )
     n = len(rows)
@@ -505,7 +505,7 @@ def _mixture(table: pa.Table, rows: LoggedRows, policies: dict | None, source: s
         i = int(np.flatnonzero(bad)[0])
         rid = table.column("request_id")[i].as_py()
         raise DataError(
-            f"{source}: row {i} (request_id {rid}) was logged by {wrote[i]!r} with propensity {rows.pscore[i]:.6g}, "
+            f"{source}: row {i} (request_id {rid}) was logged by {str(wrote[i])!r} with propensity {rows.pscore[i]:.6g}, "
             f"but that policy gives the logged image {own[i]:.6g}: logging_policies.{wrote[i]} is not the "
             "policy that wrote these rows"
         )

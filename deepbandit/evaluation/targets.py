@@ -94,6 +94,13 @@ def table_policy(path: str | os.PathLike) -> Target:
     rows by request_id (see the module docstring)."""
     where = str(path)
     try:
+        names = pq.ParquetDataset(path).schema.names
+    except (pa.ArrowInvalid, KeyError, OSError) as err:
+        raise DataError(f"{where}: not a readable Parquet file or folder ({err})") from err
+    missing = [c for c in ("request_id", "action_dist") if c not in names]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing}; it has {names}")
+    try:
         given = pq.read_table(path, columns=["request_id", "action_dist"])
     except (pa.ArrowInvalid, KeyError, OSError) as err:
         raise DataError(f"{where}: cannot read request_id and action_dist ({err})") from err
@@ -105,7 +112,8 @@ def table_policy(path: str | os.PathLike) -> Target:
     for name in ("request_id", "action_dist"):
         if given.column(name).null_count:
             row = int(np.flatnonzero(given.column(name).is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{where}: column '{name}' is null at row {row}")
+            rid = "" if name == "request_id" else f" (request_id {ids[row].as_py()!r})"
+            raise DataError(f"{where}: column '{name}' is null at row {row}{rid}")
     id_values = ids.to_numpy(zero_copy_only=False).astype(str)
     order = np.argsort(id_values, kind="stable")
     sorted_ids = id_values[order]

@@ -158,3 +158,35 @@ def test_weight_diagnostics_name_heavy_rows_and_floors():
     pi[7] = 0.0
     quiet = weight_diagnostics(pscore, pi, np.full(n, 10), ids, 0.0, DiagnosticThresholds())
     assert quiet["warnings"] == [] and quiet["ess"] == pytest.approx(n - 1)
+
+
+def test_logging_policies_are_checked_against_the_logged_propensities(dataset, tmp_path):  # noqa: F811
+    from deepbandit.evaluation.targets import TargetPolicy, table_policy
+
+    table, titles, images, _ = read_dataset(dataset)
+    table = table.append_column("logging_policy", pa.array(["softmax"] * table.num_rows))
+    own = tmp_path / "own.parquet"  # the logging policy's own distributions, as its team would export them
+    pq.write_table(table.select(["request_id", "action_dist"]), own)
+    settings = EvaluationSettings(estimators=("ips", "balanced_ips", "balanced_dr"), interval="normal",
+                                  segments=(), reward_model="take_rates")  # fmt: skip
+    result = evaluate_rows(table, titles, settings, images=images,
+                           logging_policies={"softmax": TargetPolicy(table_policy(own), "own")})  # fmt: skip
+    est = result["policies"]["random"]["estimates"]
+    # one logging policy: its mixture is itself, so balanced IPS is IPS
+    assert est["balanced_ips"]["value"] == pytest.approx(est["ips"]["value"], abs=1e-12)
+    assert "value" in est["balanced_dr"]
+    wrong = {"softmax": TargetPolicy(lambda t: _uniform_dists(t), "uniform")}
+    with pytest.raises(
+        DataError, match=r"row 0 \(request_id sim0-0\) was logged by 'softmax' with propensity"
+    ):
+        evaluate_rows(table, titles, settings, images=images, logging_policies=wrong)
+    with pytest.raises(DataError, match="names 'softmax', which is not among logging_policies"):
+        evaluate_rows(table, titles, settings, images=images, logging_policies={"other": wrong["softmax"]})
+
+
+def _uniform_dists(table: pa.Table) -> np.ndarray:
+    lengths = [len(c) for c in table.column("candidate_image_ids").to_pylist()]
+    out = np.zeros((table.num_rows, max(lengths)))
+    for i, k in enumerate(lengths):
+        out[i, :k] = 1 / k
+    return out
