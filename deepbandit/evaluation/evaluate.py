@@ -354,7 +354,7 @@ def evaluate_rows(
         ),
         "logging": "on-policy mean reward of the evaluated rows (no weights): the logging policy's own value",
     }
-    warned: list[str] = []
+    warned: list[str] = _assumption_warnings(ev_table, rows, names)
     if kind == "take_rates" and any(ESTIMATORS[e].needs_reward_model for e in names):
         warned.append(
             "the take_rates reward model is the same for every member: DM cannot see personalisation, and "
@@ -455,6 +455,34 @@ def evaluate_rows(
             "seconds": time.perf_counter() - started,
         },
     }
+
+
+MIPS_FEW_CANDIDATES = 10  # below this mean candidate count MIPS's grouping bias tends to outweigh its gain
+
+
+def _assumption_warnings(table: pa.Table, rows: LoggedRows, names) -> list[str]:
+    """Estimators asked for where the logs break what they assume."""
+    out = []
+    weighted = [n for n in names if n != "dm"]
+    if weighted and "propensity_kind" in table.column_names:
+        kinds = table.column("propensity_kind").to_numpy(zero_copy_only=False)
+        estimated = np.array([isinstance(k, str) and k.startswith("mc_estimate:") for k in kinds])
+        if estimated.any():
+            fewest = min(int(k.split(":", 1)[1]) for k in kinds[estimated])
+            out.append(
+                f"{int(estimated.sum()):,} of {len(kinds):,} rows log a Monte Carlo estimate of the propensity "
+                f"(as few as {fewest} draws): {', '.join(weighted)} assume exact propensities, and an estimated "
+                "one that is small or zero-floored makes its row's weight unreliable"
+            )
+    mean_k = float(rows.candidate_mask.sum(axis=1).mean())
+    mips = [n for n in names if n in ("mips", "snmips")]
+    if mips and mean_k < MIPS_FEW_CANDIDATES:
+        out.append(
+            f"{', '.join(mips)} on rows with {mean_k:.1f} candidates on average: MIPS pays off where titles have "
+            f"many candidates; with few, the bias from grouping unlike images usually outweighs the smaller "
+            "weights (compare with snips)"
+        )
+    return out
 
 
 def _action_groups(rows: LoggedRows, images: pa.Table | None, names, s: EvaluationSettings):

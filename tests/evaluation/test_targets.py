@@ -190,3 +190,18 @@ def _uniform_dists(table: pa.Table) -> np.ndarray:
     for i, k in enumerate(lengths):
         out[i, :k] = 1 / k
     return out
+
+
+def test_estimators_outside_their_assumptions_are_warned_about(dataset):  # noqa: F811
+    table, titles, images, _ = read_dataset(dataset)
+    kinds = ["mc_estimate:64" if i % 4 == 0 else "exact" for i in range(table.num_rows)]
+    table = table.set_column(
+        table.schema.get_field_index("propensity_kind"), "propensity_kind", pa.array(kinds)
+    )
+    settings = EvaluationSettings(estimators=("snips", "mips"), interval="normal", segments=(),
+                                  reward_model="take_rates")  # fmt: skip
+    warned = evaluate_rows(table, titles, settings, images=images)["warnings"]
+    assert any("5,000 of 20,000 rows log a Monte Carlo estimate" in w and "64 draws" in w for w in warned), (
+        warned
+    )
+    assert any(w.startswith("mips on rows with") for w in warned), warned  # about 6 candidates a row here
