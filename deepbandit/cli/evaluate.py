@@ -63,6 +63,9 @@ class EvaluateConfig:
     mips_groups: int = 8  # mips, snmips: k-means clusters of the image embeddings that group candidates
     reward_model: str = "auto"
     reward_model_folds: int = 5  # cross-fitting folds when every row is evaluated (train_fraction=0)
+    reward_model_bootstrap: int = (
+        0  # DM: refits of the reward model on bootstrap resamples for its interval; 0: off
+    )
     interval: str = "bootstrap"
     alpha: float = 0.05
     n_bootstrap: int = 200  # resamples of interval=bootstrap (>= 2), shared by all estimators

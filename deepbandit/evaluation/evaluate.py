@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from deepbandit.data.io import open_impressions, read_images, read_titles
 from deepbandit.data.logs import contexts_from_impressions
@@ -109,6 +110,7 @@ class EvaluationSettings:
     estimator_params: dict = field(default_factory=dict)  # {estimator: {parameter: value}} (ESTIMATOR_PARAMS)
     reward_model: str = "auto"  # auto | model | logistic | take_rates (reward_models.py)
     reward_model_folds: int = 5  # cross-fitting folds when every row is evaluated (train_fraction 0)
+    reward_model_bootstrap: int = 0  # DM: refit the reward model on this many bootstrap resamples (0: off)
     diagnostics: DiagnosticThresholds = field(default_factory=DiagnosticThresholds)
     window_start: str | None = None  # evaluate rows at or after this time (ISO 8601, UTC); None: all
     window_end: str | None = None  # and before this one
@@ -385,6 +387,10 @@ def evaluate_rows(
             "true_value": _true_value(world, contexts, rows, dist),
         }
         warned += [f"{_label(name)}: {w}" for w in diag["warnings"]]
+    if settings.reward_model_bootstrap and "dm" in names:
+        notes["reward_model_uncertainty"] = _refit_dm_intervals(
+            policies, dists, kind, rows_all, table, titles, images, split, ev_index, settings
+        )
     if model_scores is not None:
         policies["model"]["kind"] = "model"
         policies["model"]["policy"] = model_policy
@@ -483,6 +489,43 @@ def _assumption_warnings(table: pa.Table, rows: LoggedRows, names) -> list[str]:
             "weights (compare with snips)"
         )
     return out
+
+
+def _refit_dm_intervals(
+    policies: dict, dists: dict, kind: str, rows_all: LoggedRows, table: pa.Table, titles, images, split,
+    ev_index: np.ndarray, s: EvaluationSettings,
+) -> str:  # fmt: skip
+    """DM intervals that include the reward model's fitting noise: refit it on ``reward_model_bootstrap``
+    Poisson resamples of the rows (each row fitted count times, evaluated with the same weight) and take the
+    percentile interval of DM over the refits. Returns the note that says what the intervals hold."""
+    b = s.reward_model_bootstrap
+    if isinstance(b, bool) or not isinstance(b, int) or b < 2:
+        raise ConfigError(f"reward_model_bootstrap must be 0 (off) or an integer >= 2, got {b!r}")
+    if kind == "model":
+        return (
+            "reward_model_bootstrap asks to refit the reward model, but it is the trained network, which is not "
+            "refitted here: DM's interval holds it fixed (use reward_model=logistic to refit)"
+        )
+    rng = np.random.default_rng([s.seed, 0xB007])
+    values: dict[str, list[float]] = {name: [] for name in dists}
+    for _ in tqdm(range(b), desc="reward model refits", unit="fit", leave=False):
+        counts = rng.poisson(1.0, len(rows_all))
+        q_hat, _ = out_of_sample_rewards(
+            kind, rows_all, table, titles, images, split, s.reward_model_folds, s.seed, None, counts
+        )
+        weight = counts[ev_index].astype(np.float64)
+        for name, dist in dists.items():
+            values[name].append(float(weight @ np.einsum("ij,ij->i", dist, q_hat) / weight.sum()))
+    for name, v in values.items():
+        est = policies[name]["estimates"].get("dm")
+        if est is not None and "value" in est:
+            lower, upper = np.quantile(v, [s.alpha / 2, 1 - s.alpha / 2])
+            est.update(lower=float(lower), upper=float(upper), method="reward_model_refits", n_bootstrap=b)
+    return (
+        f"DM's intervals come from {b} refits of the reward model on bootstrap resamples of the rows: they "
+        "hold the model's fitting noise as well as the rows' (not a wrong model's bias). DR, SNDR, Switch-DR "
+        "and DRos intervals hold the reward model fixed"
+    )
 
 
 def _action_groups(rows: LoggedRows, images: pa.Table | None, names, s: EvaluationSettings):
