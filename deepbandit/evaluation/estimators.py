@@ -550,18 +550,23 @@ def embedding_groups(
     x = np.asarray(embeddings, dtype=np.float64)
     rng = np.random.default_rng(seed)
     k = min(n_groups, len(x))
+    sq = (x * x).sum(axis=1)
+
+    def dist2(c: np.ndarray) -> np.ndarray:  # (n_images, len(c)) squared distances, one matmul: no (n, k, d)
+        return np.maximum(sq[:, None] - 2 * x @ c.T + (c * c).sum(axis=1)[None], 0.0)
+
     centres = [x[rng.integers(len(x))]]
+    nearest = dist2(np.array(centres))[:, 0]
     for _ in range(1, k):  # k-means++: far points are likely next centres
-        d2 = np.min(((x[:, None, :] - np.array(centres)[None]) ** 2).sum(-1), axis=1)
-        if d2.sum() == 0:
+        if nearest.sum() == 0:
             break
-        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())])
+        centres.append(x[rng.choice(len(x), p=nearest / nearest.sum())])
+        nearest = np.minimum(nearest, dist2(np.array(centres[-1:]))[:, 0])
     c = np.array(centres)
-    label = np.zeros(len(x), dtype=np.int64)
+    label = np.full(len(x), -1, dtype=np.int64)
     for _ in range(100):
-        d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)  # (n_images, k)
-        new = d2.argmin(axis=1)
-        if _ and (new == label).all():
+        new = dist2(c).argmin(axis=1)
+        if (new == label).all():
             break
         label = new
         c = np.array([x[label == j].mean(axis=0) if (label == j).any() else c[j] for j in range(len(c))])
@@ -1131,7 +1136,7 @@ def estimate_lift(
         progress=False, standard_error=True,
     )  # fmt: skip
     _check_support(acc.sums[0], acc.sums[0].diagnostics(acc.exact_support, 0), inputs.n, "the candidate")
-    if isinstance(incumbent, OffPolicyEstimator) and not isinstance(incumbent, _OnPolicy):
+    if not isinstance(incumbent, _OnPolicy):
         _check_support(acc.sums[1], acc.sums[1].diagnostics(acc.exact_support, 0), inputs.n, "the incumbent")
     cand = _estimate_of(acc, 0, estimator, 0, interval, alpha, n_bootstrap, True)
     inc = _estimate_of(acc, 1, incumbent, 1, interval, alpha, n_bootstrap, True)
