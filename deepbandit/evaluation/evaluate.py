@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from deepbandit.data.io import open_impressions, read_images, read_titles
@@ -471,12 +472,14 @@ def _assumption_warnings(table: pa.Table, rows: LoggedRows, names) -> list[str]:
     out = []
     weighted = [n for n in names if n != "dm"]
     if weighted and "propensity_kind" in table.column_names:
-        kinds = table.column("propensity_kind").to_numpy(zero_copy_only=False)
-        estimated = np.array([isinstance(k, str) and k.startswith("mc_estimate:") for k in kinds])
-        if estimated.any():
-            fewest = min(int(k.split(":", 1)[1]) for k in kinds[estimated])
+        kinds = table.column("propensity_kind")
+        estimated = pc.fill_null(pc.starts_with(kinds, "mc_estimate:"), False)
+        if pc.any(estimated).as_py():
+            draws = pc.cast(pc.utf8_slice_codeunits(kinds.filter(estimated), len("mc_estimate:")), pa.int64())
+            fewest = pc.min(draws).as_py()
+            estimated = estimated.to_numpy(zero_copy_only=False)
             out.append(
-                f"{int(estimated.sum()):,} of {len(kinds):,} rows log a Monte Carlo estimate of the propensity "
+                f"{int(estimated.sum()):,} of {len(estimated):,} rows log a Monte Carlo estimate of the propensity "
                 f"(as few as {fewest} draws): {', '.join(weighted)} assume exact propensities, and an estimated "
                 "one that is small or zero-floored makes its row's weight unreliable"
             )
