@@ -58,6 +58,7 @@ from deepbandit.evaluation.estimators import (
     mixture_pscore,
 )
 from deepbandit.evaluation.intervals import z_value
+from deepbandit.evaluation.labels import label as policy_label
 from deepbandit.evaluation.reward_models import (
     check_reward_model,
     fit_out_of_sample,
@@ -293,14 +294,7 @@ def evaluate_rows(
     embedding terms. Returns a JSON-serialisable dict: policies (estimates with intervals, diagnostics,
     true values when ``world`` is given), segments, per-image table, profile scores, notes, warnings."""
     started = time.perf_counter()
-    table = window_rows(table, settings, source)
-    table, n_open = drop_open_rewards(table)
-    if table.num_rows == 0:
-        raise DataError(
-            f"{source}: nothing to evaluate: no row has a known reward ({n_open} rows with reward null, the "
-            "attribution window still open)"
-        )
-    rows_all = logged_rows(table, source)
+    table, rows_all, n_open = known_rows(table, settings, source, 1)
     train, evalm = time_split(rows_all.timestamp, train_fraction)
     split = train if train_fraction > 0 else None
     ev_index = np.flatnonzero(evalm)
@@ -387,7 +381,7 @@ def evaluate_rows(
             "weights": diag,
             "true_value": _true_value(world, contexts, rows, dist),
         }
-        warned += [f"{_label(name)}: {w}" for w in diag["warnings"]]
+        warned += [f"{policy_label(name)}: {w}" for w in diag["warnings"]]
     if settings.reward_model_bootstrap and "dm" in names:
         notes["reward_model_uncertainty"] = _refit_dm_intervals(
             policies, dists, kind, rows_all, table, titles, images, split, ev_index, settings
@@ -433,7 +427,7 @@ def evaluate_rows(
             profile_scores = _profile_scores(int(title), rows, profile, labels, scores, what)
     for name, pol in policies.items():
         for est in pol["estimates"].values():
-            warned += [f"{_label(name)} {est.get('label', '')}: {w}" for w in est.get("warnings", [])]
+            warned += [f"{policy_label(name)} {est.get('label', '')}: {w}" for w in est.get("warnings", [])]
     return {
         "n_rows": int(len(table)),
         "n_train_rows": int(train.sum()) if train_fraction > 0 else 0,
@@ -594,12 +588,6 @@ _TRUTH_ONLY = {
 RESERVED_POLICY_NAMES = ("random", "logging", "unpersonalised", "model", "best_image", "oracle")
 
 
-def _label(name: str) -> str:
-    from deepbandit.evaluation.plots import LABELS
-
-    return LABELS.get(name, name)
-
-
 def _check_target_name(name: str) -> None:
     if name in RESERVED_POLICY_NAMES:
         raise ConfigError(f"targets.{name}: {name!r} names a built-in policy; choose another name")
@@ -619,6 +607,21 @@ def _parse_time(value: str, name: str) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1_000_000)
+
+
+def known_rows(
+    table: pa.Table, s: EvaluationSettings, source: str, at_least: int
+) -> tuple[pa.Table, LoggedRows, int]:
+    """The window's rows whose reward is known (table and arrays), and how many were dropped with reward null;
+    fewer than ``at_least`` is an error (evaluate needs 1 row, the gate's interval 2)."""
+    table, n_open = drop_open_rewards(window_rows(table, s, source))
+    if table.num_rows < at_least:
+        known = "no row has" if table.num_rows == 0 else f"only {table.num_rows} rows have"
+        raise DataError(
+            f"{source}: {known} a known reward in the window ({n_open} with reward null, the attribution window "
+            f"still open); at least {at_least} needed"
+        )
+    return table, logged_rows(table, source), n_open
 
 
 def window_rows(table: pa.Table, s: EvaluationSettings, source: str) -> pa.Table:

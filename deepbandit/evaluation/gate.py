@@ -24,17 +24,15 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from deepbandit.errors import ConfigError, DataError
-from deepbandit.evaluation.baselines import drop_open_rewards, logged_rows
+from deepbandit.errors import ConfigError
 from deepbandit.evaluation.checks import EstimationError
 from deepbandit.evaluation.diagnostics import DiagnosticThresholds, weight_diagnostics
 from deepbandit.evaluation.estimators import INTERVAL_METHODS, estimate_lift
 from deepbandit.evaluation.evaluate import (
-    ESTIMATOR_PARAMS,
     ESTIMATORS,
     iso_time,
+    known_rows,
     make_estimators,
-    window_rows,
 )
 from deepbandit.evaluation.reward_models import check_reward_model, out_of_sample_rewards
 from deepbandit.evaluation.targets import TargetPolicy
@@ -93,18 +91,11 @@ def run_gate(
     a JSON-ready dict with ``passed`` and the ``checks`` (each with passed and a plain-language detail)."""
     started = time.perf_counter()
     settings.check()
-    table = window_rows(table, settings, source)
-    table, n_open = drop_open_rewards(table)
-    if table.num_rows < 2:
-        raise DataError(
-            f"{source}: {table.num_rows} rows with a known reward in the window; the gate needs more"
-        )
-    rows = logged_rows(table, source)
+    table, rows, n_open = known_rows(table, settings, source, 2)
     n = len(rows)
     request_id = table.column("request_id").to_numpy(zero_copy_only=False).astype(str)
-    params = {settings.estimator: {**ESTIMATOR_PARAMS.get(settings.estimator, {}),
-                                   **settings.estimator_params.get(settings.estimator, {})}}  # fmt: skip
-    estimator = make_estimators([settings.estimator], params)[0]
+    # make_estimators adds the defaults of ESTIMATOR_PARAMS under the settings' parameters
+    estimator = make_estimators([settings.estimator], settings.estimator_params)[0]
     q_hat, reward_model = None, None
     if ESTIMATORS[settings.estimator].needs_reward_model:
         kind = check_reward_model(settings.reward_model, False)

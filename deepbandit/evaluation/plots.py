@@ -11,26 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-ORDER = ("random", "logging", "unpersonalised", "model", "best_image", "oracle")
-LABELS = {
-    "random": "uniform random",
-    "logging": "logging policy (on-policy)",
-    "unpersonalised": "unpersonalised bandit",
-    "model": "model policy",
-    "best_image": "best single image (true value only)",
-    "oracle": "oracle (true value only)",
-}
+from deepbandit.evaluation.labels import ORDER, label, policy_order  # noqa: E402
+
 TOP_IMAGES = 8  # images drawn per title in the profile plot: a legend of 80 entries reads as noise
-
-
-def label(name: str) -> str:
-    """The display name of a policy (a user's target policy keeps its own name)."""
-    return LABELS.get(name, name)
-
-
-def policy_order(policies: dict) -> list[str]:
-    """Built-in policies in their fixed order, then the user's target policies in the order given."""
-    return [n for n in ORDER if n in policies] + [n for n in policies if n not in ORDER]
 
 
 def reward_axis(result: dict) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deepbandit.evaluation.plots import LABELS, ORDER
+from deepbandit.evaluation.labels import label as policy_label
+from deepbandit.evaluation.labels import policy_order
 from deepbandit.formatting import decimals_for, fmt
 
 
@@ -33,8 +34,7 @@ def summary_rows(result: dict, interval_of: str | None = "all") -> list[list[str
     estimator's interval; an estimator's name gives only that one's (a console-wide table)."""
     decimals = decimals_for(_values(result))
     rows = []
-    names = [n for n in ORDER if n in result["policies"]]
-    for name in names + [n for n in result["policies"] if n not in names]:
+    for name in policy_order(result["policies"]):
         pol = result["policies"][name]
         if "on_policy" in pol:
             cells = [_cell(pol["on_policy"], decimals, interval_of is not None) + " (on-policy)"] + [""] * (
@@ -46,7 +46,7 @@ def summary_rows(result: dict, interval_of: str | None = "all") -> list[list[str
             cells = [
                 _cell(pol["estimates"][e], decimals, interval_of in ("all", e)) for e in result["estimators"]
             ]
-        rows.append([_name(name), *cells, fmt(pol.get("true_value"), decimals)])
+        rows.append([policy_label(name), *cells, fmt(pol.get("true_value"), decimals)])
     return rows
 
 
@@ -92,10 +92,6 @@ DIAGNOSTICS_EXPLAINED = [
 ]
 
 
-def _name(policy: str) -> str:
-    return LABELS.get(policy, policy)
-
-
 def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
     """The human-readable report."""
     level = f"{1 - result['alpha']:.0%}"
@@ -121,9 +117,9 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
     ]
     sources = [(n, p["source"]) for n, p in result["policies"].items() if p.get("source")]
     if sources:
-        out += ["Policies:", ""] + [f"- **{_name(n)}**: {src}" for n, src in sources] + [""]
+        out += ["Policies:", ""] + [f"- **{policy_label(n)}**: {src}" for n, src in sources] + [""]
     warned = list(result.get("warnings", []))
-    errors = {f"{_name(n)} / {k}: {e['error']}" for n, p in result["policies"].items()
+    errors = {f"{policy_label(n)} / {k}: {e['error']}" for n, p in result["policies"].items()
               for k, e in p["estimates"].items() if "error" in e}  # fmt: skip
     if warned or errors:
         out += (
@@ -138,7 +134,7 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
     out += ["## Diagnostics", "", _table(
         ["policy", "ESS", "ESS / rows", "top-10 share", "max weight", "mean weight ± se", "match rate",
          "floor rows", "unsupported"],
-        [[_name(n), f"{w['ess']:.0f}", f"{w['ess_fraction']:.3f}", f"{w['top_weight_share']:.1%}",
+        [[policy_label(n), f"{w['ess']:.0f}", f"{w['ess_fraction']:.3f}", f"{w['top_weight_share']:.1%}",
           f"{d['max_weight']:.3g}", f"{d['mean_weight']:.3f} ± {d['mean_weight_se']:.3f}", f"{d['match_rate']:.3f}",
           f"{w['floor_propensity_rows']:,}", f"{w['unsupported_mass']:.2%}"]
          for n, p in result["policies"].items() if "weights" in p
@@ -159,7 +155,7 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
                 continue
             for name, pol in entry["policies"].items():
                 rows.append([
-                    f"{label}", f"{entry['n_rows']:,}", _name(name), _cell(pol, decimals) if "value" in pol else "—",
+                    f"{label}", f"{entry['n_rows']:,}", policy_label(name), _cell(pol, decimals) if "value" in pol else "—",
                     _lift(pol), fmt(pol.get("true_value"), decimals) + _true_lift(pol),
                 ])  # fmt: skip
         out += [
@@ -171,7 +167,7 @@ def markdown(result: dict, plots: list[Path], segment_estimator: str) -> str:
     pi = result["per_image"]
     out += ["## Per-image take rates", ""]
     for k, v in pi["agreement_with_unpersonalised"].items():
-        out.append(f"- {_name(k)} picks the unpersonalised bandit's image on {100 * v:.1f}% of rows.")
+        out.append(f"- {policy_label(k)} picks the unpersonalised bandit's image on {100 * v:.1f}% of rows.")
     out += ["", f"{len(pi['image_id'])} images shown on evaluated rows; see report.json (`per_image`).", ""]
     if plots:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]

@@ -12,8 +12,9 @@ import pytest
 from test_report import config, dataset, make_bundle  # noqa: F401  (the module's simulated dataset fixture)
 
 import deepbandit.cli.evaluate as cli
+from deepbandit.data.logs import candidates_from_impressions
 from deepbandit.errors import ConfigError, DataError
-from deepbandit.evaluation.baselines import logged_rows
+from deepbandit.evaluation.baselines import logged_rows, uniform_action_dist
 from deepbandit.evaluation.diagnostics import DiagnosticThresholds, weight_diagnostics
 from deepbandit.evaluation.evaluate import ESTIMATORS, EvaluationSettings, evaluate_rows, read_dataset
 from deepbandit.evaluation.report import EXPLAIN
@@ -175,21 +176,15 @@ def test_logging_policies_are_checked_against_the_logged_propensities(dataset, t
     # one logging policy: its mixture is itself, so balanced IPS is IPS
     assert est["balanced_ips"]["value"] == pytest.approx(est["ips"]["value"], abs=1e-12)
     assert "value" in est["balanced_dr"]
-    wrong = {"softmax": TargetPolicy(lambda t: _uniform_dists(t), "uniform")}
+    wrong = {
+        "softmax": TargetPolicy(lambda t: uniform_action_dist(candidates_from_impressions(t)[1]), "uniform")
+    }
     with pytest.raises(
         DataError, match=r"row 0 \(request_id sim0-0\) was logged by 'softmax' with propensity"
     ):
         evaluate_rows(table, titles, settings, images=images, logging_policies=wrong)
     with pytest.raises(DataError, match="names 'softmax', which is not among logging_policies"):
         evaluate_rows(table, titles, settings, images=images, logging_policies={"other": wrong["softmax"]})
-
-
-def _uniform_dists(table: pa.Table) -> np.ndarray:
-    lengths = [len(c) for c in table.column("candidate_image_ids").to_pylist()]
-    out = np.zeros((table.num_rows, max(lengths)))
-    for i, k in enumerate(lengths):
-        out[i, :k] = 1 / k
-    return out
 
 
 def test_estimators_outside_their_assumptions_are_warned_about(dataset):  # noqa: F811
